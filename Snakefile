@@ -1,0 +1,17 @@
+# imred: reduce raw optical/NIR imaging nights. See README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/inspect.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

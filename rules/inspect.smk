@@ -1,0 +1,46 @@
+# Raw inspection: the first look at every frame x chip, and a summary page per night.
+
+
+rule inspect:
+    input:
+        raw=raw_path,
+    output:
+        paths.INSPECT,
+    params:
+        row=frame_row,
+        chip=chip_spec,
+        settings=RUN.config["inspect"],
+    log:
+        "logs/inspect/{instrument}/{night}/{frame}.{chip}.log",
+    benchmark:
+        "benchmarks/inspect/{instrument}/{night}/{frame}.{chip}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_from_input,
+        runtime=10,
+    group:
+        "per_frame"
+    conda:
+        "../envs/python.yaml"
+    script:
+        "../scripts/inspect_chip.py"
+
+
+rule night_summary:
+    input:
+        reports=night_inspections,
+    output:
+        paths.NIGHT_SUMMARY,
+    params:
+        rows=night_rows,
+        excluded=night_excluded,
+    log:
+        "logs/night_summary/{instrument}/{night}.log",
+    threads: 1
+    resources:
+        mem_mb=512,
+        runtime=10,
+    conda:
+        "../envs/python.yaml"
+    script:
+        "../scripts/night_summary.py"

@@ -1,0 +1,129 @@
+"""What one run reduces: the validated configuration, its instruments and observation logs.
+
+:class:`Run` is what the Snakefile builds once at start: it validates the config,
+loads each instrument file, brings each observation log up to date (reading only
+new or changed raw files) and answers the workflow's questions (which nights,
+frames, chips; the wildcard constraints). It does not import snakemake.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import paths
+from .config import load_config
+from .errors import ImredError
+from .instrument import Instrument, load_instrument
+from .obslog import read_obslog, update_obslog, usable
+
+
+class Run:
+    """The plan of a run; see the module docstring.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration as loaded from YAML (validated here).
+    source : str
+        Where the configuration came from, for messages.
+    update_logs : bool
+        Scan the raw folders and update the logs (True), or only read existing logs.
+    """
+
+    def __init__(self, config: dict, source: str = "config", *, update_logs: bool = True):
+        self.config = load_config(config, source)
+        self.instruments: dict[str, Instrument] = {}
+        self.rows: dict[str, list[dict]] = {}
+        self.excluded: dict[str, list[dict]] = {}
+        self.log_stats: dict[str, dict] = {}
+        for name, spec in self.config["instruments"].items():
+            inst = load_instrument(spec.get("instrument_file", name))
+            if inst.name != name:
+                raise ImredError(
+                    f"{source}: instruments.{name} uses the instrument file {inst.source}, "
+                    f"whose name is '{inst.name}'; the two must agree"
+                )
+            self.instruments[name] = inst
+            log = paths.OBSLOG.format(instrument=name)
+            for folder in spec["raw"]:
+                if update_logs and not Path(folder).is_dir():
+                    raise ImredError(
+                        f"{source}: instruments.{name}.raw names '{folder}', which is not a "
+                        f"folder (relative paths start at {Path.cwd()}); fix the path"
+                        + (
+                            " or run `make demo` to simulate the demo night"
+                            if name == "demo"
+                            else ""
+                        )
+                    )
+            if update_logs:
+                rows, stats = update_obslog(inst, spec["raw"], log)
+            else:
+                if not Path(log).exists():
+                    raise ImredError(f"the observation log {log} does not exist yet")
+                rows, _ = read_obslog(log)
+                stats = {}
+            self.log_stats[name] = stats
+            keep = set(spec.get("nights") or [])
+            rows = [r for r in rows if not keep or r.get("night") in keep]
+            self.rows[name] = usable(rows)
+            self.excluded[name] = [r for r in rows if r.get("use") != "yes"]
+
+    # ------------------------------------------------------------------ queries
+    def select(self, instrument: str | None = None, **match) -> list[dict]:
+        """Usable rows, optionally filtered by equality on any column (``imagetype=...``)."""
+        names = [instrument] if instrument else list(self.rows)
+        out = []
+        for name in names:
+            for row in self.rows.get(name, []):
+                if all(row.get(k) == v for k, v in match.items()):
+                    out.append(row)
+        return out
+
+    def row(self, instrument: str, night: str, frame: str, chip: str) -> dict:
+        """The one row of a frame x chip (an error if there is none)."""
+        found = self.select(instrument, night=night, frame=frame, chip=chip)
+        if len(found) != 1:
+            raise ImredError(
+                f"no usable frame {frame} chip {chip} of {instrument} on night {night} "
+                f"in {paths.OBSLOG.format(instrument=instrument)}"
+            )
+        return found[0]
+
+    def excluded_rows(self, instrument: str, night: str) -> list[dict]:
+        """Log rows of a night with ``use = no`` (path, chip, reason)."""
+        return [
+            {k: r.get(k) for k in ("path", "chip", "reason")}
+            for r in self.excluded[instrument]
+            if r.get("night") == night
+        ]
+
+    def nights(self, instrument: str) -> list[str]:
+        return sorted({r["night"] for r in self.rows[instrument]})
+
+    def frame_chips(self, instrument: str, night: str) -> list[tuple[str, str]]:
+        """(frame, chip) pairs of a night, in log order."""
+        return [(r["frame"], r["chip"]) for r in self.select(instrument, night=night)]
+
+    def wildcard_constraints(self) -> dict[str, str]:
+        """Regular expressions matching exactly the values in the logs (escaped)."""
+        values: dict[str, set] = {k: set() for k in ("instrument", "night", "frame", "chip")}
+        values["band"] = set()
+        values["target"] = set()
+        for name, rows in self.rows.items():
+            values["instrument"].add(name)
+            values["chip"].update(c.name for c in self.instruments[name].chips)
+            for r in rows:
+                for key in ("night", "frame", "band", "target"):
+                    if r.get(key):
+                        values[key].add(r[key])
+        return {k: _alternation(v) for k, v in values.items()}
+
+
+def _alternation(values: Iterable[str]) -> str:
+    values = sorted(values, key=lambda v: (-len(v), v))
+    if not values:
+        return "(?!)"  # matches nothing
+    return "|".join(re.escape(v) for v in values)

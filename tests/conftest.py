@@ -1,0 +1,60 @@
+"""Shared fixtures: small synthetic raw frames written in the demo camera's conventions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CAFOS = SHARED_DATA / "cafos_ngc2420"
+
+
+def write_demo_frame(
+    path: Path,
+    *,
+    imagetype: str = "OBJECT",
+    band: str | None = "g",
+    exptime: float | None = 60.0,
+    dateobs: str = "2026-03-02T04:00:00",
+    target: str = "FIELD1",
+    ra: str = "10:00:00.0",
+    dec: str = "+20:00:00",
+    shape: tuple[int, int] = (8, 10),
+    level: float = 1000.0,
+    chips: tuple[str, ...] = ("CCD1", "CCD2"),
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """A tiny multi-extension raw frame of the demo camera (keywords as it writes them)."""
+    primary = fits.PrimaryHDU()
+    h = primary.header
+    h["IMAGETYP"] = imagetype
+    if band is not None:
+        h["FILTER"] = band
+    if exptime is not None:
+        h["EXPTIME"] = exptime
+    h["DATE-OBS"] = dateobs
+    h["OBJECT"] = target
+    h["RA"] = ra
+    h["DEC"] = dec
+    h["CCDSUM"] = "1 1"
+    for key in drop:
+        del h[key]
+    hdus = [primary]
+    for i, name in enumerate(chips):
+        data = np.full(shape, level + 10 * i, dtype=np.float32)
+        ext = fits.ImageHDU(data.astype(np.uint16), name=name)
+        ext.header["GAIN"] = 1.5 + 0.1 * i
+        ext.header["RDNOISE"] = 4.5
+        hdus.append(ext)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+@pytest.fixture
+def demo_frame():
+    return write_demo_frame
