@@ -12,6 +12,6 @@ include: "rules/inspect.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -46,23 +46,37 @@ def all_targets():
 
 def frame_row(wildcards):
     """The observation-log row of a frame x chip (for params)."""
-    row = RUN.row(wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip)
+    row = RUN.row(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
     return {k: v for k, v in row.items() if k not in _FILE_COLUMNS}
 
 
 def raw_path(wildcards):
-    return RUN.row(wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip)["path"]
+    return RUN.row(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )["path"]
+
+
+_CHIP_SPECS = {
+    (name, chip.name): asdict(chip)
+    for name, inst in RUN.instruments.items()
+    for chip in inst.chips
+}
 
 
 def chip_spec(wildcards):
     """The chip's description from the instrument file (so a change re-runs that chip only)."""
-    return asdict(RUN.instruments[wildcards.instrument].chip(wildcards.chip))
+    return _CHIP_SPECS[(wildcards.instrument, wildcards.chip)]
 
 
 def night_inspections(wildcards):
     return [
         paths.INSPECT.format(
-            instrument=wildcards.instrument, night=wildcards.night, frame=frame, chip=chip
+            instrument=wildcards.instrument,
+            night=wildcards.night,
+            frame=frame,
+            chip=chip,
         )
         for frame, chip in RUN.frame_chips(wildcards.instrument, wildcards.night)
     ]
@@ -79,6 +93,10 @@ def night_excluded(wildcards):
     return RUN.excluded_rows(wildcards.instrument, wildcards.night)
 
 
-def mem_mb_from_input(wildcards, input, attempt):
-    """Memory for a per-frame job: a few copies of its inputs in float32, more on retry."""
-    return int(max(512, 8 * input.size_mb) * attempt)
+def mem_mb_per_frame(wildcards, attempt):
+    """Memory for a per-frame job: ~8 float32 copies of the chip (from the log), more on retry."""
+    row = RUN.row(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
+    pixels = (row["nx"] or 4096) * (row["ny"] or 4096)
+    return int(max(512, 8 * 4 * pixels / 1e6) * attempt)

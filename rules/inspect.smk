@@ -6,22 +6,22 @@ rule inspect:
         raw=raw_path,
     output:
         paths.INSPECT,
-    params:
-        row=frame_row,
-        chip=chip_spec,
-        settings=RUN.config["inspect"],
     log:
         "logs/inspect/{instrument}/{night}/{frame}.{chip}.log",
     benchmark:
         "benchmarks/inspect/{instrument}/{night}/{frame}.{chip}.tsv"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_from_input,
-        runtime=10,
     group:
         "per_frame"
     conda:
         "../envs/python.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_per_frame,
+        runtime=10,
+    params:
+        row=frame_row,
+        chip=chip_spec,
+        settings=RUN.config["inspect"],
     script:
         "../scripts/inspect_chip.py"
 
@@ -31,16 +31,16 @@ rule night_summary:
         reports=night_inspections,
     output:
         paths.NIGHT_SUMMARY,
-    params:
-        rows=night_rows,
-        excluded=night_excluded,
     log:
         "logs/night_summary/{instrument}/{night}.log",
+    conda:
+        "../envs/python.yaml"
     threads: 1
     resources:
         mem_mb=512,
         runtime=10,
-    conda:
-        "../envs/python.yaml"
+    params:
+        rows=night_rows,
+        excluded=night_excluded,
     script:
         "../scripts/night_summary.py"

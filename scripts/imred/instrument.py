@@ -91,6 +91,7 @@ class Chip:
     extension: int | str = 0
     select: dict = field(default_factory=dict)
     band: str | None = None
+    kind: str | None = None  # detector kind of this chip; None = detector.kind (chip_value)
     datasec: str | None = None
     trimsec: str | None = None
     amplifiers: list = field(default_factory=list)
@@ -213,8 +214,11 @@ class Instrument:
             values.setdefault(key, None)
         if chip.band:
             values["band"] = chip.band
+        elif values.get("imagetype") in ("bias", "dark"):
+            values["band"] = None  # the filter in the beam means nothing for these
+        failed = {p.split(":", 1)[0] for p in problems}
         for key in ("gain", "read_noise", "saturation"):
-            if values[key] is None:
+            if values[key] is None and key not in failed:
                 values[key] = self.chip_value(chip, key)
         if values.get("binning") is None:
             values["binning"] = "1x1"

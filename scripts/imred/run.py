@@ -38,6 +38,7 @@ class Run:
         self.rows: dict[str, list[dict]] = {}
         self.excluded: dict[str, list[dict]] = {}
         self.log_stats: dict[str, dict] = {}
+        self._index: dict[tuple, dict] | None = None
         for name, spec in self.config["instruments"].items():
             inst = load_instrument(spec.get("instrument_file", name))
             if inst.name != name:
@@ -84,13 +85,19 @@ class Run:
 
     def row(self, instrument: str, night: str, frame: str, chip: str) -> dict:
         """The one row of a frame x chip (an error if there is none)."""
-        found = self.select(instrument, night=night, frame=frame, chip=chip)
-        if len(found) != 1:
+        if self._index is None:
+            self._index = {
+                (name, r["night"], r["frame"], r["chip"]): r
+                for name, rows in self.rows.items()
+                for r in rows
+            }
+        found = self._index.get((instrument, night, frame, chip))
+        if found is None:
             raise ImredError(
                 f"no usable frame {frame} chip {chip} of {instrument} on night {night} "
                 f"in {paths.OBSLOG.format(instrument=instrument)}"
             )
-        return found[0]
+        return found
 
     def excluded_rows(self, instrument: str, night: str) -> list[dict]:
         """Log rows of a night with ``use = no`` (path, chip, reason)."""

@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 from conftest import CAFOS, write_demo_frame
-
 from imred.errors import ImredError
 from imred.instrument import load_instrument, night_of
 from imred.obslog import COLUMNS, read_obslog, update_obslog
@@ -166,7 +165,7 @@ def test_bad_use_value_and_missing_folder_are_clear_errors(tmp_path, demo):
     log.write_text(log.read_text().replace("\tyes\t", "\tmaybe\t", 1))
     with pytest.raises(ImredError, match=r"line 4 \(frame a\): use = 'maybe'; write yes or no"):
         read_obslog(log)
-    with pytest.raises(ImredError, match="raw folder .*nowhere' does not exist"):
+    with pytest.raises(ImredError, match=r"raw folder .*nowhere' does not exist"):
         update_obslog(demo, [tmp_path / "nowhere"], log)
 
 

@@ -1,0 +1,138 @@
+"""Workflow tests: the DAG of a small night (dry-run), user errors, lint."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, write_demo_frame
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run snakemake on imred's Snakefile in ``workdir`` (its config.yaml)."""
+    cmd = [
+        SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), "--cores", "1", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry-run, as {rule: count}."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("Job stats:"))
+    for ln in lines[start + 3 :]:
+        m = re.match(r"^(\S+)\s+(\d+)$", ln.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def small_night(tmp_path: Path, config_extra: dict | None = None) -> Path:
+    raw = tmp_path / "raw"
+    for i in range(3):
+        write_demo_frame(raw / f"sci.{i:04d}.fits", band="g", dateobs=f"2026-03-02T0{4 + i}:00:00")
+    write_demo_frame(raw / "r_0001.fits", band="r", dateobs="2026-03-02T08:00:00")
+    for i in range(2):
+        write_demo_frame(raw / f"bias_{i}.fits", imagetype="BIAS", band=None, exptime=0.0)
+    write_demo_frame(raw / "next.fits", dateobs="2026-03-03T05:00:00")  # the next night
+    write_demo_frame(raw / "focus.fits", imagetype="FOCUS")  # logged, not reduced
+    (raw / "junk.fits").write_text("not a FITS file")
+    cfg = {"instruments": {"demo": {"raw": [str(raw)]}}, **(config_extra or {})}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def test_dry_run_plans_one_inspection_per_frame_and_chip(tmp_path):
+    work = small_night(tmp_path)
+    proc = snakemake(work, "--dry-run")
+    # 7 usable frames x 2 chips; 2 nights -> 2 summaries
+    assert job_counts(proc.stdout) == {"all": 1, "inspect": 14, "night_summary": 2, "total": 17}
+    assert "9 files read, 0 unchanged, 0 removed; 14 frame x chip rows in use, 3 excluded" in (
+        proc.stderr
+    )
+    # frame ids with dots stay unambiguous next to the chip name
+    assert "results/demo/20260301/inspect/sci.0001.c2.json" in proc.stdout
+    # a second dry-run reads no header again
+    proc = snakemake(work, "--dry-run")
+    assert "files read" not in proc.stderr
+
+
+def test_nights_setting_restricts_the_run(tmp_path):
+    work = small_night(tmp_path)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["instruments"]["demo"]["nights"] = ["20260302"]
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert job_counts(snakemake(work, "--dry-run").stdout) == {
+        "all": 1, "inspect": 2, "night_summary": 1, "total": 4,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            {"instruments": {"demo": {"raw": ["nowhere"]}}},
+            "imred: {cfg}: instruments.demo.raw names 'nowhere', which is not a folder",
+        ),
+        (
+            {"instruments": {"nosuch": {"raw": ["raw"]}}},
+            "imred: unknown instrument 'nosuch': no file",
+        ),
+        (
+            {"instruments": {"demo": {"raw": ["raw"]}}, "inspect": {"clip_sigam": 3}},
+            "imred: {cfg}: unknown key 'clip_sigam' (did you mean 'clip_sigma'?) in 'inspect'",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, cfg, message):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert message.format(cfg=tmp_path / "config.yaml") in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    work = small_night(tmp_path)
+    proc = snakemake(work, "--lint", check=False)
+    out = proc.stdout + proc.stderr
+    assert (
+        proc.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out
+    ), out
+
+
+def test_snakefmt_and_ruff_are_clean():
+    for cmd in (
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"],
+        [str(BIN / "ruff"), "check", "."],
+        [str(BIN / "ruff"), "format", "--check", "."],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_conda_directives_name_existing_envs():
+    # every rule that runs code names an environment that exists (for --sdm conda)
+    text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    rules = re.findall(r"^rule (\w+):", text, flags=re.M)
+    envs = re.findall(r'conda:\n\s+"\.\./(envs/[\w.]+)"', text)
+    assert len(envs) == len([r for r in rules]), (rules, envs)
+    assert all((ROOT / e).is_file() for e in envs)
+    assert shutil.which("snakemake", path=str(BIN))
