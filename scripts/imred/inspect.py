@@ -23,7 +23,8 @@ def _stats(values: np.ndarray, clip_sigma: float) -> dict:
     mean, median, std = sigma_clipped_stats(finite, sigma=clip_sigma, maxiters=5)
     return {
         "n": int(finite.size),
-        "median": float(median),
+        "median": float(np.median(finite)),
+        "clipped_median": float(median),
         "clipped_mean": float(mean),
         "clipped_std": float(std),
         "min": float(finite.min()),

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, write_demo_frame
-
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake")
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run snakemake on imred's Snakefile in ``workdir`` (its config.yaml)."""
-    cmd = [
-        SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), "--cores", "1", *args,
-    ]  # fmt: skip
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from conftest import BIN, ROOT, snakemake, write_demo_frame
 
 
 def job_counts(output: str) -> dict[str, int]:
