@@ -17,14 +17,7 @@ except ImredError as err:
 
 for _name, _stats in RUN.log_stats.items():
     if _stats.get("read") or _stats.get("removed"):
-        _n_excl = len(RUN.excluded[_name])
-        print(
-            f"imred: observation log {paths.OBSLOG.format(instrument=_name)}: "
-            f"{_stats['read']} files read, {_stats['kept']} unchanged, "
-            f"{_stats['removed']} removed; {len(RUN.rows[_name])} frame x chip rows in use, "
-            f"{_n_excl} excluded (see the 'reason' column)",
-            file=sys.stderr,
-        )
+        print(RUN.log_report(_name), file=sys.stderr)
 
 
 wildcard_constraints:

@@ -72,6 +72,22 @@ class Run:
             self.rows[name] = usable(rows)
             self.excluded[name] = [r for r in rows if r.get("use") != "yes"]
 
+    def log_report(self, instrument: str, max_lines: int = 10) -> str:
+        """What an update of the log found: counts, and the reasons of excluded rows."""
+        stats = self.log_stats[instrument]
+        excluded = self.excluded[instrument]
+        lines = [
+            f"imred: observation log {paths.OBSLOG.format(instrument=instrument)}: "
+            f"{stats['read']} files read, {stats['kept']} unchanged, {stats['removed']} removed; "
+            f"{len(self.rows[instrument])} frame x chip rows in use, {len(excluded)} excluded "
+            "(see the 'reason' column)"
+        ]
+        for r in excluded[:max_lines]:
+            lines.append(f"imred:   excluded {r['path']} [{r.get('chip') or '-'}]: {r['reason']}")
+        if len(excluded) > max_lines:
+            lines.append(f"imred:   ... and {len(excluded) - max_lines} more")
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ queries
     def select(self, instrument: str | None = None, **match) -> list[dict]:
         """Usable rows, optionally filtered by equality on any column (``imagetype=...``)."""

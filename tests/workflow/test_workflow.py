@@ -48,6 +48,11 @@ def test_dry_run_plans_one_inspection_per_frame_and_chip(tmp_path):
     assert "9 files read, 0 unchanged, 0 removed; 14 frame x chip rows in use, 3 excluded" in (
         proc.stderr
     )
+    # each excluded file is named with its reason
+    assert re.search(r"excluded \S+/raw/junk.fits \[-\]: not FITS: ", proc.stderr)
+    assert re.search(
+        r"excluded \S+/raw/focus.fits \[c1\]: not reduced: image type focus", proc.stderr
+    )
     # frame ids with dots stay unambiguous next to the chip name
     assert "results/demo/20260301/inspect/sci.0001.c2.json" in proc.stdout
     # a second dry-run reads no header again
