@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,19 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry-run, as {rule: count}."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("Job stats:"))
+    for ln in lines[start + 3 :]:
+        m = re.match(r"^(\S+)\s+(\d+)$", ln.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
 
 
 def write_demo_frame(

@@ -9,20 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, snakemake, write_demo_frame
 
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry-run, as {rule: count}."""
-    counts: dict[str, int] = {}
-    lines = output.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("Job stats:"))
-    for ln in lines[start + 3 :]:
-        m = re.match(r"^(\S+)\s+(\d+)$", ln.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
+from conftest import BIN, ROOT, job_counts, snakemake, write_demo_frame
 
 
 def small_night(tmp_path: Path, config_extra: dict | None = None) -> Path:

@@ -1,0 +1,346 @@
+"""Focal plane, true WCS and PSF of the simulator.
+
+Conventions
+-----------
+* Chip images are ``(ny, nx)`` on the chip's data section (``datasec``); pixel
+  positions are 0-based (numpy: the centre of pixel ``[j, i]`` is ``x = i, y = j``);
+  FITS ``CRPIX`` is 1-based.
+* Sky offsets ``(xi, eta)`` are gnomonic (TAN) coordinates about the optical axis,
+  ``xi`` towards east, ``eta`` towards north.
+* The camera's position angle PA (instrument file ``rotator``) is the angle from north
+  to the chip's +y axis, through east; by default east is to the left (x grows towards
+  west). ``geometry.offset_arcsec`` of a chip is the undistorted (east, north) offset of
+  its reference pixel from the optical axis at rotator angle 0; ``rotation_deg`` turns
+  the chip counter-clockwise in its own pixel frame; ``flip_x``/``flip_y`` mirror it.
+* Distortion is radial about the optical axis: an undistorted pixel offset ``r`` from
+  the axis lands at ``r (1 + k r^2)``. Each chip's TAN-SIP WCS has ``CRPIX`` at the
+  optical axis (outside the chip), ``CRVAL`` the true pointing, and exact forward SIP
+  terms ``A_3_0 = A_1_2 = B_0_3 = B_2_1 = k`` (inverse AP/BP to 5th order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+
+from ..errors import ImredError
+from ..sections import parse_section
+
+
+@dataclass
+class Amp:
+    """One amplifier: raw-array slices of its data and overscan, gain, read noise."""
+
+    name: str
+    data: tuple[slice, slice]
+    overscan: tuple[slice, slice] | None
+    axis: str
+    gain: float
+    read_noise: float
+
+
+@dataclass
+class ChipLayout:
+    """Everything the simulator needs to know about one chip."""
+
+    name: str
+    index: int
+    extension: int | str
+    raw_shape: tuple[int, int]
+    datasec: tuple[slice, slice]
+    amps: list[Amp]
+    gain: float
+    read_noise: float
+    saturation: float
+    pixel_scale: float
+    crpix: np.ndarray  # (2,) 1-based pixel of the optical axis on the data grid
+    cd0: np.ndarray  # (2, 2) arcsec per pixel at PA = 0 (without the rotator term)
+    k_distortion: float = 0.0  # per pixel^2
+    data_shape: tuple[int, int] = field(init=False)
+
+    def __post_init__(self):
+        rows, cols = self.datasec
+        self.data_shape = (rows.stop - rows.start, cols.stop - cols.start)
+
+    def focal_plane(self) -> tuple[np.ndarray, np.ndarray]:
+        """Undistorted offsets (arcsec, at PA 0: east, north) of every data pixel from the axis."""
+        ny, nx = self.data_shape
+        u = np.arange(nx, dtype=np.float64) + 1.0 - self.crpix[0]
+        v = np.arange(ny, dtype=np.float64) + 1.0 - self.crpix[1]
+        uu, vv = np.meshgrid(u, v)
+        east = self.cd0[0, 0] * uu + self.cd0[0, 1] * vv
+        north = self.cd0[1, 0] * uu + self.cd0[1, 1] * vv
+        return east, north
+
+
+def sky_rotation(theta_deg: float) -> np.ndarray:
+    """The sky rotation that turns north (0, 1) into the direction of PA ``theta``."""
+    t = np.radians(theta_deg)
+    return np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+
+
+def _pixel_matrix(scale: float, rotator: dict, geometry: dict) -> np.ndarray:
+    """arcsec per pixel (east, north) <- (dx, dy) at PA 0."""
+    m = np.array([[-scale, 0.0], [0.0, scale]])
+    if rotator.get("flip_x"):
+        m = m @ np.diag([-1.0, 1.0])
+    phi = np.radians(geometry.get("rotation_deg", 0.0) or 0.0)
+    rot = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
+    flip = np.diag(
+        [-1.0 if geometry.get("flip_x") else 1.0, -1.0 if geometry.get("flip_y") else 1.0]
+    )
+    return m @ rot @ flip
+
+
+def chip_layouts(instrument, *, gain_enabled: bool, distortion_arcsec_at_600: float) -> list:
+    """Lay out the instrument's chips (raw shapes, amplifiers, focal-plane geometry)."""
+    layouts = []
+    rotator = instrument.rotator or {}
+    for index, chip in enumerate(instrument.chips):
+        if chip.select:
+            raise ImredError(
+                f"{instrument.source}: chip {chip.name} is written to its own file ('select'); "
+                "the simulator writes one multi-extension file per exposure and cannot do that yet"
+            )
+        scale = instrument.chip_value(chip, "pixel_scale")
+        gain = instrument.chip_value(chip, "gain")
+        read_noise = instrument.chip_value(chip, "read_noise")
+        saturation = instrument.chip_value(chip, "saturation")
+        missing = [
+            name
+            for name, v in (
+                ("pixel_scale", scale),
+                ("gain", gain),
+                ("read_noise", read_noise),
+                ("saturation", saturation),
+            )
+            if v is None
+        ]
+        if missing:
+            raise ImredError(
+                f"{instrument.source}: chip {chip.name} has no {', '.join(missing)}; the simulator "
+                "needs them (set them on the chip or under detector/pixel_scale)"
+            )
+        if not chip.datasec:
+            raise ImredError(
+                f"{instrument.source}: chip {chip.name} has no datasec; the simulator needs the "
+                "raw layout (datasec and amplifiers with overscan)"
+            )
+        datasec = parse_section(chip.datasec)
+        sections = [datasec]
+        amps = []
+        for a_index, amp in enumerate(chip.amplifiers or [{"data": chip.datasec}]):
+            data = parse_section(amp["data"])
+            over = parse_section(amp["overscan"]) if amp.get("overscan") else None
+            sections += [data] + ([over] if over else [])
+            a_gain = amp.get("gain", gain) if gain_enabled else 1.0
+            amps.append(
+                Amp(
+                    name=str(amp.get("name", a_index)),
+                    data=data,
+                    overscan=over,
+                    axis=amp.get("readout_axis", "x"),
+                    gain=float(a_gain),
+                    read_noise=float(amp.get("read_noise", read_noise)),
+                )
+            )
+        raw_shape = (max(s[0].stop for s in sections), max(s[1].stop for s in sections))
+        geometry = chip.geometry or {}
+        cd0 = _pixel_matrix(float(scale), rotator, geometry)
+        rows, cols = datasec
+        trim = parse_section(chip.trimsec) if chip.trimsec else datasec
+        if "reference_pixel" in geometry:
+            ref = np.array(geometry["reference_pixel"], dtype=float)
+        else:
+            ref = np.array(
+                [(trim[1].stop - trim[1].start + 1) / 2.0, (trim[0].stop - trim[0].start + 1) / 2.0]
+            )
+        ref = ref + np.array([trim[1].start - cols.start, trim[0].start - rows.start])
+        offset = np.array(geometry.get("offset_arcsec", [0.0, 0.0]), dtype=float)
+        # offset is the (east, north) offset at rotator 0, i.e. at PA = rotator offset_deg;
+        # CRPIX (the optical axis) is then the same at every PA
+        pa0 = float(rotator.get("offset_deg", 0.0) or 0.0)
+        crpix = ref - np.linalg.solve(sky_rotation(pa0) @ cd0, offset)
+        r_px = 600.0 / float(scale)
+        k = (distortion_arcsec_at_600 / float(scale)) / r_px**3
+        layouts.append(
+            ChipLayout(
+                name=chip.name,
+                index=index,
+                extension=chip.extension,
+                raw_shape=raw_shape,
+                datasec=datasec,
+                amps=amps,
+                gain=float(gain) if gain_enabled else 1.0,
+                read_noise=float(read_noise),
+                saturation=float(saturation),
+                pixel_scale=float(scale),
+                crpix=crpix,
+                cd0=cd0,
+                k_distortion=k,
+            )
+        )
+    return layouts
+
+
+# ------------------------------------------------------------------ projections
+def sky_to_tan(ra, dec, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gnomonic offsets (arcsec; xi east, eta north) of (ra, dec) about (ra0, dec0), degrees."""
+    ra = np.radians(np.asarray(ra, dtype=float))
+    dec = np.radians(np.asarray(dec, dtype=float))
+    a0, d0 = np.radians(ra0), np.radians(dec0)
+    cosd = np.cos(dec)
+    dra = ra - a0
+    den = np.sin(dec) * np.sin(d0) + cosd * np.cos(d0) * np.cos(dra)
+    xi = cosd * np.sin(dra) / den
+    eta = (np.sin(dec) * np.cos(d0) - cosd * np.sin(d0) * np.cos(dra)) / den
+    return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
+
+
+def tan_to_sky(xi, eta, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`sky_to_tan`: (ra, dec) in degrees from offsets in arcsec."""
+    x = np.radians(np.asarray(xi, dtype=float) / 3600.0)
+    y = np.radians(np.asarray(eta, dtype=float) / 3600.0)
+    a0, d0 = np.radians(ra0), np.radians(dec0)
+    den = np.cos(d0) - y * np.sin(d0)
+    ra = a0 + np.arctan2(x, den)
+    dec = np.arctan2(np.sin(d0) + y * np.cos(d0), np.hypot(x, den))
+    return np.degrees(ra) % 360.0, np.degrees(dec)
+
+
+# --------------------------------------------------------------------- true WCS
+@dataclass
+class ChipWCS:
+    """The true WCS of one chip in one frame (see the module docstring)."""
+
+    ra0: float
+    dec0: float
+    crpix: np.ndarray
+    cd: np.ndarray  # arcsec per pixel, (xi, eta) <- (u, v)
+    k: float
+
+    def world_to_pixel(self, ra, dec) -> tuple[np.ndarray, np.ndarray]:
+        """0-based pixel positions (on the data grid) of sky positions in degrees."""
+        xi, eta = sky_to_tan(ra, dec, self.ra0, self.dec0)
+        uu, vv = np.linalg.solve(self.cd, np.vstack([xi, eta]))
+        if self.k:
+            big_r = np.hypot(uu, vv)
+            r = big_r.copy()
+            for _ in range(6):  # Newton on r + k r^3 = R
+                r -= (r + self.k * r**3 - big_r) / (1.0 + 3.0 * self.k * r**2)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f = np.where(big_r > 0, r / big_r, 1.0)
+            uu, vv = uu * f, vv * f
+        return uu + self.crpix[0] - 1.0, vv + self.crpix[1] - 1.0
+
+    def header(self, shape: tuple[int, int]) -> fits.Header:
+        """A FITS header (TAN-SIP) for an image of ``shape`` (ny, nx) on the data grid."""
+        h = fits.Header()
+        h["WCSAXES"] = 2
+        h["CTYPE1"] = "RA---TAN-SIP"
+        h["CTYPE2"] = "DEC--TAN-SIP"
+        h["CUNIT1"] = "deg"
+        h["CUNIT2"] = "deg"
+        h["CRPIX1"] = float(self.crpix[0])
+        h["CRPIX2"] = float(self.crpix[1])
+        h["CRVAL1"] = float(self.ra0)
+        h["CRVAL2"] = float(self.dec0)
+        cd = self.cd / 3600.0
+        h["CD1_1"], h["CD1_2"] = float(cd[0, 0]), float(cd[0, 1])
+        h["CD2_1"], h["CD2_2"] = float(cd[1, 0]), float(cd[1, 1])
+        h["RADESYS"] = "ICRS"
+        k = float(self.k)
+        forward = {"A": {(3, 0): k, (1, 2): k}, "B": {(0, 3): k, (2, 1): k}}
+        k2 = 3.0 * k * k
+        inverse = {
+            "AP": {(3, 0): -k, (1, 2): -k, (5, 0): k2, (3, 2): 2 * k2, (1, 4): k2},
+            "BP": {(0, 3): -k, (2, 1): -k, (0, 5): k2, (2, 3): 2 * k2, (4, 1): k2},
+        }
+        h["A_ORDER"] = 3
+        for (p, q), c in forward["A"].items():
+            h[f"A_{p}_{q}"] = c
+        h["B_ORDER"] = 3
+        for (p, q), c in forward["B"].items():
+            h[f"B_{p}_{q}"] = c
+        h["AP_ORDER"] = 5
+        for (p, q), c in inverse["AP"].items():
+            h[f"AP_{p}_{q}"] = c
+        h["BP_ORDER"] = 5
+        for (p, q), c in inverse["BP"].items():
+            h[f"BP_{p}_{q}"] = c
+        h["IMAGEW"] = shape[1]
+        h["IMAGEH"] = shape[0]
+        return h
+
+
+def chip_wcs(layout: ChipLayout, ra0: float, dec0: float, pa_deg: float) -> ChipWCS:
+    """The true WCS of a chip with the optical axis at (ra0, dec0) and position angle ``pa``."""
+    return ChipWCS(
+        ra0=ra0,
+        dec0=dec0,
+        crpix=layout.crpix.copy(),
+        cd=sky_rotation(pa_deg) @ layout.cd0,
+        k=layout.k_distortion,
+    )
+
+
+# -------------------------------------------------------------------------- PSF
+def moffat_alpha(fwhm_px: float, beta: float) -> float:
+    """Moffat core width alpha (pixels) for a FWHM (pixels) and beta."""
+    return fwhm_px / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def render_stars(
+    image: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    fwhm_px: float,
+    beta: float,
+    *,
+    oversample: int = 3,
+    floor: float = 0.005,
+    max_radius: int = 80,
+) -> None:
+    """Add Moffat stars to ``image`` (in place).
+
+    Each star is integrated over pixels (``oversample`` x ``oversample`` sub-pixels) in a
+    stamp reaching out to where the profile falls below ``floor`` (same unit as ``flux``
+    per pixel) and normalised so that the stamp holds exactly ``flux``.
+
+    Parameters
+    ----------
+    image : ndarray (ny, nx)
+    x, y : ndarray
+        0-based pixel positions of the centres.
+    flux : ndarray
+        Total flux of each star (e.g. electrons).
+    fwhm_px, beta : float
+        Moffat FWHM (pixels) and beta.
+    """
+    ny, nx = image.shape
+    alpha = moffat_alpha(fwhm_px, beta)
+    peak_norm = (beta - 1.0) / (np.pi * alpha**2)
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    for xs, ys, f in zip(x, y, flux, strict=True):
+        if f <= 0:
+            continue
+        ratio = max(f * peak_norm / floor, 1.0)
+        radius = alpha * np.sqrt(max(ratio ** (1.0 / beta) - 1.0, 0.0))
+        h = int(np.clip(np.ceil(radius), 4, max_radius))
+        ix0, iy0 = int(np.rint(xs)), int(np.rint(ys))
+        x1, x2 = max(ix0 - h, 0), min(ix0 + h + 1, nx)
+        y1, y2 = max(iy0 - h, 0), min(iy0 + h + 1, ny)
+        if x1 >= x2 or y1 >= y2:
+            continue
+        gx = (np.arange(ix0 - h, ix0 + h + 1)[:, None] + sub[None, :] - xs).ravel()
+        gy = (np.arange(iy0 - h, iy0 + h + 1)[:, None] + sub[None, :] - ys).ravel()
+        prof = (1.0 + (gy[:, None] ** 2 + gx[None, :] ** 2) / alpha**2) ** (-beta)
+        n = 2 * h + 1
+        stamp = prof.reshape(n, oversample, n, oversample).sum(axis=(1, 3))
+        stamp *= f / stamp.sum()
+        sy = slice(y1 - (iy0 - h), y2 - (iy0 - h))
+        sx = slice(x1 - (ix0 - h), x2 - (ix0 - h))
+        image[y1:y2, x1:x2] += stamp[sy, sx]
