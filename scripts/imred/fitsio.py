@@ -12,6 +12,23 @@ from astropy.utils.exceptions import AstropyWarning
 
 from .errors import ImredError
 
+# Keywords that describe one HDU's structure: not carried into a chip's merged header.
+STRUCTURAL_KEYWORDS = frozenset(
+    "SIMPLE XTENSION EXTEND BITPIX NAXIS NAXIS1 NAXIS2 NAXIS3 PCOUNT GCOUNT BZERO BSCALE "
+    "EXTNAME COMMENT HISTORY".split()
+) | {""}
+
+
+def merged_header(primary: fits.Header, ext: fits.Header) -> fits.Header:
+    """A chip's header as the instrument file sees it: the primary's cards, then the
+    extension's (which win), without structural keywords."""
+    merged = fits.Header()
+    for header in (primary, ext):
+        for card in header.cards:
+            if card.keyword not in STRUCTURAL_KEYWORDS:
+                merged[card.keyword] = card.value
+    return merged
+
 
 def image_hdu(hdul: fits.HDUList, extension: int | str):
     """The HDU holding a chip, or None; a compressed (fpack) primary image lives in extension 1."""

@@ -41,7 +41,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
 from .errors import ImredError
-from .fitsio import image_hdu, write_atomic
+from .fitsio import image_hdu, merged_header, write_atomic
 from .instrument import (
     Instrument,
     airmass_at,
@@ -70,22 +70,6 @@ AUTO_REASONS = (
 REDUCED_TYPES = ("bias", "dark", "flat", "twilight-flat", "sky-flat", "science", "standard")
 
 _FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
-
-_HEADER_STRIP = {
-    "",
-    "COMMENT",
-    "HISTORY",
-    "SIMPLE",
-    "XTENSION",
-    "EXTEND",
-    "BITPIX",
-    "PCOUNT",
-    "GCOUNT",
-    "NAXIS",
-    "NAXIS1",
-    "NAXIS2",
-    "NAXIS3",
-}
 
 
 def frame_id(path: str | Path) -> str:
@@ -124,15 +108,6 @@ def _data_bytes(header: fits.Header) -> int:
     return (
         abs(header.get("BITPIX", 8)) // 8 * header.get("GCOUNT", 1) * (header.get("PCOUNT", 0) + n)
     )
-
-
-def _merged(primary: fits.Header, ext: fits.Header) -> fits.Header:
-    merged = fits.Header()
-    for header in (primary, ext):
-        for card in header.cards:
-            if card.keyword not in _HEADER_STRIP:
-                merged[card.keyword] = card.value
-    return merged
 
 
 def read_file_rows(path: Path, instrument: Instrument) -> list[dict]:
@@ -194,7 +169,7 @@ def _rows_from_hdul(path, hdul, instrument, base, size) -> list[dict]:
                 }
             )
             continue
-        header = _merged(primary, hdu.header) if hdu is not hdul[0] else hdu.header
+        header = merged_header(primary, hdu.header) if hdu is not hdul[0] else hdu.header
         values, problems = instrument.normalise(header, chip)
         row.update(values)
         row["nx"] = hdu.header.get("ZNAXIS1", hdu.header.get("NAXIS1"))

@@ -97,7 +97,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from .errors import ImredError
-from .fitsio import write_atomic
+from .fitsio import merged_header, write_atomic
 from .instrument import Instrument, load_instrument
 from .schema import fill_defaults, read_yaml, validate
 from .sim import catalog, detector, optics
@@ -112,18 +112,6 @@ _BIAS, _DARK, _FLAT_CHIP, _FLAT_WINDOW, _FLAT_BAND = 10, 11, 12, 13, 14
 _NOISE, _COSMICS = 20, 21
 
 STAR_MARGIN_PX = 60  # stars this far outside a chip are still drawn (their wings fall on it)
-_STRUCTURAL = {
-    "XTENSION",
-    "BITPIX",
-    "NAXIS",
-    "NAXIS1",
-    "NAXIS2",
-    "PCOUNT",
-    "GCOUNT",
-    "BZERO",
-    "BSCALE",
-    "EXTNAME",
-}
 
 
 # ----------------------------------------------------------------- scenario
@@ -245,11 +233,7 @@ def _to_instrument_frame(ra: float, dec: float, mjd: float, inst: Instrument) ->
 
 def _check_normalises(inst, chip, primary: fits.Header, ext: fits.Header, f: Frame) -> None:
     """Read the headers back through the instrument file, as the pipeline will."""
-    merged = primary.copy()
-    for card in ext.cards:
-        if card.keyword not in _STRUCTURAL:
-            merged[card.keyword] = card.value
-    values, problems = inst.normalise(merged, chip)
+    values, problems = inst.normalise(merged_header(primary, ext), chip)
     wrong = [
         f"{key} reads back as {values.get(key)!r}, not {want!r}"
         for key, want in (("imagetype", f.imagetype), ("band", f.band), ("exptime", f.exptime))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
+
 from conftest import CAFOS, snakemake
 
 pytestmark = [

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import ROOT
 from imred.config import load_config, settings_hash
 from imred.errors import ImredError
 from imred.instrument import load_instrument
 from imred.schema import read_yaml
 from imred.sections import parse_section, section_shape
+
+from conftest import ROOT
 
 GOOD = {"instruments": {"demo": {"raw": ["data/demo/raw"]}}}
 

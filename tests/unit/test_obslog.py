@@ -7,10 +7,11 @@ import os
 
 import numpy as np
 import pytest
-from conftest import CAFOS, write_demo_frame
 from imred.errors import ImredError
 from imred.instrument import load_instrument, night_of
 from imred.obslog import COLUMNS, read_obslog, update_obslog
+
+from conftest import CAFOS, write_demo_frame
 
 
 @pytest.fixture

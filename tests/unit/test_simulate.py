@@ -18,6 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from imred.errors import ImredError
+from imred.fitsio import merged_header
 from imred.instrument import load_instrument
 from imred.sim import optics
 from imred.sim.plan import plan_night
@@ -25,18 +26,6 @@ from imred.simulate import load_scenario, main, simulate_night
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "scenarios" / "demo.yaml"
-STRUCTURAL = {
-    "XTENSION",
-    "BITPIX",
-    "NAXIS",
-    "NAXIS1",
-    "NAXIS2",
-    "PCOUNT",
-    "GCOUNT",
-    "BZERO",
-    "BSCALE",
-    "EXTNAME",
-}
 
 
 def _demo_doc() -> dict:
@@ -380,11 +369,7 @@ def test_every_raw_file_normalises(small_night):
                 hdu = hdul[chip.extension]
                 assert hdu.header["BITPIX"] == 16 and hdu.header["BZERO"] == 32768
                 assert hdu.data.shape == (256, 276)
-                merged = hdul[0].header.copy()
-                for card in hdu.header.cards:
-                    if card.keyword not in STRUCTURAL:
-                        merged[card.keyword] = card.value
-                values, problems = inst.normalise(merged, chip)
+                values, problems = inst.normalise(merged_header(hdul[0].header, hdu.header), chip)
                 assert problems == []
                 assert values["imagetype"] == row["imagetype"]
                 assert values["band"] == (None if np.ma.is_masked(row["band"]) else row["band"])
@@ -413,8 +398,7 @@ def test_twilight_flats_normalise_and_reach_the_wanted_level(tmp_path):
     for row in tw:
         path = next(p for p in summary["files"] if Path(p).name == row["file"])
         with fits.open(path) as hdul:
-            merged = hdul[0].header.copy()
-            merged.update({k: v for k, v in hdul[1].header.items() if k not in STRUCTURAL})
+            merged = merged_header(hdul[0].header, hdul[1].header)
             values, problems = truth.instrument.normalise(merged, truth.instrument.chips[0])
         assert problems == [] and values["imagetype"] == "twilight-flat"
         level = np.median(truth.raw(row["frame"], "c1")[:256, :256]) / 60000
