@@ -16,7 +16,10 @@ master bias         ``results/{instrument}/{night}/masters/bias.{chip}.fits``
 master dark         ``results/{instrument}/{night}/masters/dark.{chip}.fits``
 master flat         ``results/{instrument}/{night}/masters/flat.{band}.{chip}.fits``
 calibrated frame    ``results/{instrument}/{night}/calibrated/{frame}.{chip}.fits``
+master QA table     ``results/{instrument}/{night}/masters/qa.ecsv``
+frame WCS           ``results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits``
 frame catalog       ``results/{instrument}/{night}/catalogs/{frame}.{chip}.fits``
+frame QA table      ``results/{instrument}/{night}/qa/frames.ecsv``
 coadd               ``results/{instrument}/{night}/coadds/{target}.{band}.fits``
 coadd catalog       ``results/{instrument}/{night}/coadds/{target}.{band}.cat.fits``
 logs                ``logs/{rule}/{instrument}/{night}/...``
@@ -24,7 +27,15 @@ benchmarks          ``benchmarks/{rule}/{instrument}/{night}/...``
 ==================  =======================================================================
 
 Products not built yet are listed so that the scheme is fixed in one place; the
-stages that make them come with their own rules.
+stages that make them come with their own rules. Formats: image products are
+described in :mod:`imred.products`. A frame WCS file is a FITS file whose empty
+primary HDU's header holds the solved WCS of the chip's trimmed grid (one
+convention: TAN-SIP). A catalog is a FITS binary table with at least ``ra``, ``dec``
+(deg, ICRS), ``mag``, ``mag_err`` (calibrated, in the band of the product),
+``x``, ``y`` (0-based pixel of the product's grid) and ``flags``. The frame QA table
+has one row per frame x chip with at least ``frame``, ``chip``, ``band``,
+``fwhm_arcsec``, ``zero_point`` (mag of 1 e-/s), ``zero_point_err``,
+``astrometric_rms_arcsec``, ``n_sources`` and ``flags``.
 """
 
 OBSLOG = "results/{instrument}/obslog.tsv"
@@ -34,6 +45,9 @@ MASTER_BIAS = "results/{instrument}/{night}/masters/bias.{chip}.fits"
 MASTER_DARK = "results/{instrument}/{night}/masters/dark.{chip}.fits"
 MASTER_FLAT = "results/{instrument}/{night}/masters/flat.{band}.{chip}.fits"
 CALIBRATED = "results/{instrument}/{night}/calibrated/{frame}.{chip}.fits"
+MASTER_QA = "results/{instrument}/{night}/masters/qa.ecsv"
+FRAME_WCS = "results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits"
+FRAME_QA = "results/{instrument}/{night}/qa/frames.ecsv"
 FRAME_CATALOG = "results/{instrument}/{night}/catalogs/{frame}.{chip}.fits"
 COADD = "results/{instrument}/{night}/coadds/{target}.{band}.fits"
 COADD_CATALOG = "results/{instrument}/{night}/coadds/{target}.{band}.cat.fits"
