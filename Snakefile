@@ -9,6 +9,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/inspect.smk"
+include: "rules/calib.smk"
 
 
 rule all:

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from imred import paths
 from imred.errors import ImredError
 from imred.run import Run
+from imred.schema import read_yaml
 
 try:
     RUN = Run(config, source=" + ".join(map(str, workflow.configfiles)) or "config")
@@ -29,12 +30,13 @@ _FILE_COLUMNS = ("file_bytes", "file_mtime", "path")
 
 
 def all_targets():
-    """What `snakemake` builds by default: every night's summary."""
-    return [
+    """What `snakemake` builds by default: night summaries, calibrated frames, master QA."""
+    summaries = [
         paths.NIGHT_SUMMARY.format(instrument=inst, night=night)
         for inst in RUN.rows
         for night in RUN.nights(inst)
     ]
+    return summaries + calibrated_targets() + master_qa_targets()
 
 
 def frame_row(wildcards):
@@ -93,3 +95,167 @@ def mem_mb_per_frame(wildcards, attempt):
     )
     pixels = (row["nx"] or 4096) * (row["ny"] or 4096)
     return int(max(512, 8 * 4 * pixels / 1e6) * attempt)
+
+
+# ------------------------------------------------------------------ calibration
+try:
+    RUN.check_calibrations()
+except ImredError as err:
+    sys.exit(f"imred: {err}")
+
+CAL = RUN.config["calibration"]
+
+
+def calib_settings(*keys):
+    """The calibration settings a job reads, as params (a change of one re-runs it)."""
+    return {key: CAL[key] for key in keys}
+
+
+def nonlinearity_spec(wildcards):
+    """The instrument's non-linearity correction (None when switched off)."""
+    if not CAL["nonlinearity"]["enabled"]:
+        return None
+    return RUN.instruments[wildcards.instrument].detector.get("nonlinearity")
+
+
+def _master_key(kind, wildcards):
+    band = wildcards.band if kind == "flat" else None
+    return (
+        kind,
+        wildcards.instrument,
+        wildcards.night,
+        wildcards.chip,
+        wildcards.setup,
+        band,
+    )
+
+
+def _master_rows(kind, wildcards):
+    return RUN.master_frames(*_master_key(kind, wildcards))
+
+
+def master_raw(kind):
+    def raw_files(wildcards):
+        return [r["path"] for r in _master_rows(kind, wildcards)]
+
+    return raw_files
+
+
+def master_rows(kind):
+    def rows(wildcards):
+        return [
+            {k: v for k, v in r.items() if k not in _FILE_COLUMNS} | {"path": r["path"]}
+            for r in _master_rows(kind, wildcards)
+        ]
+
+    return rows
+
+
+def master_needs(kinds):
+    """The masters a master needs (a dark needs a bias; a flat a bias and a dark)."""
+
+    def needs(wildcards):
+        return RUN.masters_for(
+            wildcards.instrument,
+            wildcards.night,
+            wildcards.chip,
+            wildcards.setup,
+            None,
+            kinds=kinds,
+        )
+
+    return needs
+
+
+def flat_limits(wildcards):
+    cal = RUN.instruments[wildcards.instrument].calibration
+    return {
+        "flat_level": cal.get("flat_level", [0.2, 0.8]),
+        "min_frames": RUN.plans[wildcards.instrument].min_frames["flat"],
+    }
+
+
+def calibrate_inputs(wildcards):
+    return {"raw": raw_path(wildcards)} | RUN.frame_masters(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
+
+
+_REGIONS = (
+    read_yaml(CAL["bad_pixels"]["regions"], "calibration.bad_pixels.regions file")
+    if CAL["bad_pixels"]["regions"]
+    else {}
+)
+
+
+def user_regions(wildcards):
+    """The user's bad regions of this chip (from calibration.bad_pixels.regions)."""
+    return (_REGIONS or {}).get(wildcards.chip, {})
+
+
+def calibrated_targets():
+    return [
+        paths.CALIBRATED.format(
+            instrument=inst, night=r["night"], frame=r["frame"], chip=r["chip"]
+        )
+        for inst in RUN.rows
+        for r in RUN.science_rows(inst)
+    ]
+
+
+def master_qa_targets():
+    return [
+        paths.MASTER_QA.format(instrument=inst, night=night)
+        for inst in RUN.rows
+        for night in RUN.nights(inst)
+        if RUN.night_masters(inst, night)
+    ]
+
+
+def night_master_list(wildcards):
+    """(kind, chip, setup, band, path, previous path) of every master of a night."""
+    out = []
+    for kind, chip, setup, band in RUN.night_masters(
+        wildcards.instrument, wildcards.night
+    ):
+        key = (wildcards.instrument, wildcards.night, chip, setup, band)
+        previous = RUN.previous_master(kind, *key)
+        out.append(
+            {
+                "kind": kind,
+                "chip": chip,
+                "setup": setup,
+                "band": band,
+                "path": RUN.master_path(kind, *key),
+                "previous": previous,
+            }
+        )
+    return out
+
+
+def night_master_files(wildcards):
+    files = []
+    for m in night_master_list(wildcards):
+        files.append(m["path"])
+        if m["previous"]:
+            files.append(m["previous"])
+    return files
+
+
+def instrument_parameters(wildcards):
+    """Gain and read noise per chip as the observation log has them (for master QA)."""
+    out = {}
+    for r in RUN.select(wildcards.instrument, night=wildcards.night):
+        out.setdefault(r["chip"], {"gain": r["gain"], "read_noise": r["read_noise"]})
+    return out
+
+
+def mem_mb_master(kind):
+    """Memory for a master: its frames in float32 three times over, more on retry."""
+
+    def mem_mb(wildcards, attempt):
+        rows = _master_rows(kind, wildcards)
+        pixels = sum((r["nx"] or 4096) * (r["ny"] or 4096) for r in rows)
+        return int(max(1024, 3 * 4 * pixels / 1e6) * attempt)
+
+    return mem_mb

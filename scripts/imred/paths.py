@@ -4,7 +4,8 @@ All paths are relative to the working directory (Snakemake's ``--directory``).
 Wildcards: ``{instrument}`` (instrument file name), ``{night}`` (``YYYYMMDD`` of the
 evening, a night starts at local noon), ``{chip}`` (chip name from the instrument
 file), ``{band}`` (normalised band), ``{frame}`` (frame id: the raw file name without
-FITS suffixes, unique per night), ``{target}`` (path-safe target name).
+FITS suffixes, unique per night), ``{target}`` (path-safe target name), ``{setup}``
+(binning and readout mode, ``1x1_normal``: masters are made per setup).
 
 ==================  =======================================================================
 product             path
@@ -12,9 +13,9 @@ product             path
 observation log     ``results/{instrument}/obslog.tsv``
 raw inspection      ``results/{instrument}/{night}/inspect/{frame}.{chip}.json``
 night summary       ``results/{instrument}/{night}/summary.md``
-master bias         ``results/{instrument}/{night}/masters/bias.{chip}.fits``
-master dark         ``results/{instrument}/{night}/masters/dark.{chip}.fits``
-master flat         ``results/{instrument}/{night}/masters/flat.{band}.{chip}.fits``
+master bias         ``results/{instrument}/{night}/masters/bias.{chip}.{setup}.fits``
+master dark         ``results/{instrument}/{night}/masters/dark.{chip}.{setup}.fits``
+master flat         ``results/{instrument}/{night}/masters/flat.{band}.{chip}.{setup}.fits``
 calibrated frame    ``results/{instrument}/{night}/calibrated/{frame}.{chip}.fits``
 master QA table     ``results/{instrument}/{night}/masters/qa.ecsv``
 frame WCS           ``results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits``
@@ -41,9 +42,9 @@ has one row per frame x chip with at least ``frame``, ``chip``, ``band``,
 OBSLOG = "results/{instrument}/obslog.tsv"
 INSPECT = "results/{instrument}/{night}/inspect/{frame}.{chip}.json"
 NIGHT_SUMMARY = "results/{instrument}/{night}/summary.md"
-MASTER_BIAS = "results/{instrument}/{night}/masters/bias.{chip}.fits"
-MASTER_DARK = "results/{instrument}/{night}/masters/dark.{chip}.fits"
-MASTER_FLAT = "results/{instrument}/{night}/masters/flat.{band}.{chip}.fits"
+MASTER_BIAS = "results/{instrument}/{night}/masters/bias.{chip}.{setup}.fits"
+MASTER_DARK = "results/{instrument}/{night}/masters/dark.{chip}.{setup}.fits"
+MASTER_FLAT = "results/{instrument}/{night}/masters/flat.{band}.{chip}.{setup}.fits"
 CALIBRATED = "results/{instrument}/{night}/calibrated/{frame}.{chip}.fits"
 MASTER_QA = "results/{instrument}/{night}/masters/qa.ecsv"
 FRAME_WCS = "results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits"

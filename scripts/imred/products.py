@@ -64,11 +64,12 @@ def provenance_cards(
     steps = list(steps)
     if steps:
         cards.append(("IMRSTEPS", ",".join(steps), "steps applied, in order"))
+    # paths can be long (CONTINUE cards): no comment, which would be truncated
     for i, path in enumerate(inputs, start=1):
-        cards.append((f"IMRIN{i}", str(path), "input file"))
+        cards.append((f"IMRIN{i}", str(path), ""))
     for kind, path in (masters or {}).items():
         key = f"IMR{kind.upper()[:4]}"
-        cards.append((key, str(path), f"master {kind} used"))
+        cards.append((key, str(path), ""))
         cards.append((f"{key}S", file_checksum(path), f"sha256[:16] of master {kind}"))
     return cards
 

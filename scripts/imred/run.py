@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import paths
+from .calibsets import SCIENCE_TYPES, CalibrationPlan, setup_of
 from .config import load_config
 from .errors import ImredError
 from .instrument import Instrument, load_instrument
@@ -39,6 +40,8 @@ class Run:
         self.excluded: dict[str, list[dict]] = {}
         self.log_stats: dict[str, dict] = {}
         self._index: dict[tuple, dict] | None = None
+        self.plans: dict[str, CalibrationPlan] = {}
+        self._masters: dict[tuple, dict] = {}
         for name, spec in self.config["instruments"].items():
             inst = load_instrument(spec.get("instrument_file", name))
             if inst.name != name:
@@ -68,6 +71,10 @@ class Run:
                 stats = {}
             self.log_stats[name] = stats
             keep = set(spec.get("nights") or [])
+            cal = self.config["calibration"]
+            self.plans[name] = CalibrationPlan(
+                usable(rows), inst, cal["night_window_days"], cal["flat"]["types"]
+            )
             rows = [r for r in rows if not keep or r.get("night") in keep]
             self.rows[name] = usable(rows)
             self.excluded[name] = [r for r in rows if r.get("use") != "yes"]
@@ -130,11 +137,103 @@ class Run:
         """(frame, chip) pairs of a night, in log order."""
         return [(r["frame"], r["chip"]) for r in self.select(instrument, night=night)]
 
+    # ------------------------------------------------------------- calibration
+    def science_rows(self, instrument: str) -> list[dict]:
+        """Rows to calibrate: science and standard frames of the selected nights."""
+        return [r for r in self.rows[instrument] if r["imagetype"] in SCIENCE_TYPES]
+
+    def master_path(self, kind, instrument, night, chip, setup, band=None) -> str:
+        template = {"bias": paths.MASTER_BIAS, "dark": paths.MASTER_DARK}.get(
+            kind, paths.MASTER_FLAT
+        )
+        return template.format(
+            instrument=instrument, night=night, chip=chip, setup=setup, band=band
+        )
+
+    def master_frames(self, kind, instrument, night, chip, setup, band=None) -> list[dict]:
+        return self.plans[instrument].frames(kind, night, chip, setup, band)
+
+    def _resolve(self, kind, instrument, night, chip, setup, band) -> tuple[str | None, str]:
+        """(master path or None, problem or '') for one kind of master of a frame."""
+        cal = self.config["calibration"]
+        if not cal[kind]["enabled"]:
+            return None, ""
+        found = self.plans[instrument].master_night(kind, night, chip, setup, band)
+        if found is not None:
+            return self.master_path(kind, instrument, found, chip, setup, band), ""
+        fix = {
+            "bias": "calibration.bias.allow_overscan_only",
+            "flat": "calibration.flat.allow_missing",
+        }.get(kind)
+        if fix is None or cal[kind][fix.rsplit(".", 1)[1]]:
+            return None, ""  # darks are optional; or the config allows going without
+        what = f"{kind} frames" + (f" in band {band}" if kind == "flat" and band else "")
+        return None, (
+            f"no {what} for {instrument} chip {chip} setup {setup} within "
+            f"{cal['night_window_days']} nights of {night}: add some, widen "
+            f"calibration.night_window_days, or set {fix}: true"
+        )
+
+    def masters_for(
+        self, instrument, night, chip, setup, band, kinds=("bias", "dark", "flat")
+    ) -> dict:
+        """``{kind: master path}`` for a frame (the kinds available and enabled).
+
+        Raises :class:`MissingCalibrationError` (an ImredError) listing what is missing.
+        """
+        key = (instrument, night, chip, setup, band, tuple(kinds))
+        if key not in self._masters:
+            found = {k: self._resolve(k, *key[:5]) for k in kinds}
+            problems = [why for _, why in found.values() if why]
+            if problems:
+                raise MissingCalibrationError(problems)
+            self._masters[key] = {k: path for k, (path, _) in found.items() if path}
+        return self._masters[key]
+
+    def frame_masters(self, instrument, night, frame, chip) -> dict:
+        row = self.row(instrument, night, frame, chip)
+        return self.masters_for(instrument, night, chip, setup_of(row), row.get("band"))
+
+    def check_calibrations(self) -> None:
+        """Resolve the masters of every frame to calibrate: all problems in one error."""
+        problems: list[str] = []
+        for name in self.rows:
+            for r in self.science_rows(name):
+                try:
+                    self.frame_masters(name, r["night"], r["frame"], r["chip"])
+                except MissingCalibrationError as err:
+                    problems.extend(err.problems)
+        if problems:
+            raise MissingCalibrationError(list(dict.fromkeys(problems)))
+
+    def previous_master(self, kind, instrument, night, chip, setup, band=None) -> str | None:
+        """The master of the same group from the nearest earlier night, if any."""
+        earlier = [
+            n
+            for (n, c, s, b) in self.plans[instrument].masters(kind)
+            if c == chip and s == setup and b == band and n < night
+        ]
+        if not earlier:
+            return None
+        return self.master_path(kind, instrument, max(earlier), chip, setup, band)
+
+    def night_masters(self, instrument: str, night: str) -> list[tuple]:
+        """(kind, chip, setup, band) of every master made from this night's frames."""
+        out = []
+        for kind in ("bias", "dark", "flat"):
+            if not self.config["calibration"][kind]["enabled"]:
+                continue
+            for n, chip, setup, band in self.plans[instrument].masters(kind):
+                if n == night:
+                    out.append((kind, chip, setup, band))
+        return out
+
     def wildcard_constraints(self) -> dict[str, str]:
         """Regular expressions matching exactly the values in the logs (escaped)."""
         values: dict[str, set] = {k: set() for k in ("instrument", "night", "frame", "chip")}
         values["band"] = set()
         values["target"] = set()
+        values["setup"] = set()
         for name, rows in self.rows.items():
             values["instrument"].add(name)
             values["chip"].update(c.name for c in self.instruments[name].chips)
@@ -142,7 +241,21 @@ class Run:
                 for key in ("night", "frame", "band", "target"):
                     if r.get(key):
                         values[key].add(r[key])
+                values["setup"].add(setup_of(r))
+            for plan_key in self.plans[name].groups:
+                values["night"].add(plan_key[1])
+                values["setup"].add(plan_key[3])
+                if plan_key[4]:
+                    values["band"].add(plan_key[4])
         return {k: _alternation(v) for k, v in values.items()}
+
+
+class MissingCalibrationError(ImredError):
+    """Frames that cannot be calibrated; ``problems`` has one line per missing group."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\nimred: ".join(problems))
 
 
 def _alternation(values: Iterable[str]) -> str:

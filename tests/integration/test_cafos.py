@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
+from imred.mask import Bit
 
 from conftest import CAFOS, snakemake
 
@@ -21,7 +22,11 @@ pytestmark = [
 def test_cafos_night_runs_and_raw_statistics_match_the_pixels(tmp_path):
     raw_files = sorted((CAFOS / "raw").rglob("*.fits"))
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in raw_files}
-    cfg = {"instruments": {"cafos": {"raw": [str(CAFOS / "raw")]}}}
+    # the calibrations are ten days before the science: widen the window
+    cfg = {
+        "instruments": {"cafos": {"raw": [str(CAFOS / "raw")]}},
+        "calibration": {"night_window_days": 15},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(tmp_path, "--cores", "2")
 
@@ -30,6 +35,7 @@ def test_cafos_night_runs_and_raw_statistics_match_the_pixels(tmp_path):
     assert summaries == ["20210318", "20210328"]
     reports = sorted((tmp_path / "results/cafos").glob("*/inspect/*.json"))
     assert len(reports) == 15
+    check_calibration(tmp_path, raw_files)
 
     # the recorded statistics are those of the pixels (independent recomputation)
     for rep_path in reports:
@@ -52,3 +58,50 @@ def test_cafos_night_runs_and_raw_statistics_match_the_pixels(tmp_path):
 
     # raw data are read-only: untouched
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in raw_files} == before
+
+
+def check_calibration(work, raw_files):
+    """Masters of 2021-03-18 calibrate the science of 2021-03-28, in electrons (gain 1.43)."""
+    masters = work / "results/cafos/20210318/masters"
+    assert sorted(p.name for p in masters.glob("*.fits")) == [
+        "bias.ccd.1x1_normal.fits",
+        "flat.B.ccd.1x1_normal.fits",
+        "flat.V.ccd.1x1_normal.fits",
+    ]
+    # the read noise of the bias pair (numpy on the raw pair gives 14.9 e-) is recorded,
+    # and the QA table flags that it is twice the header's CCDRON (7.4 e-)
+    bias_head = fits.getheader(masters / "bias.ccd.1x1_normal.fits")
+    assert 13.0 < bias_head["RDNOISE"] < 16.0
+    qa = (masters / "qa.ecsv").read_text()
+    assert "read noise 14" in qa and "vs 7.4 expected" in qa
+    calibrated = sorted((work / "results/cafos/20210328/calibrated").glob("*.fits"))
+    assert len(calibrated) == 11
+    bias_raw = np.mean([fits.getdata(p).astype(float) for p in raw_files if "bias" in str(p)], 0)
+    signal, noise2, flat_noise2 = [], [], []
+    for path in calibrated:
+        with fits.open(path) as hdul:
+            head, sci, mask = hdul[0].header, hdul["SCI"].data, hdul["MASK"].data
+        assert head["IMRBIAS"].endswith("results/cafos/20210318/masters/bias.ccd.1x1_normal.fits")
+        assert head["IMRFLAT"].endswith(f"flat.{head['BAND']}.ccd.1x1_normal.fits")
+        assert head["RNSOURCE"] == "bias pairs"
+        raw_path = next(p for p in raw_files if p.stem == head["FRAME"])
+        raw = fits.getdata(raw_path).astype(float)[2:, :]  # trimsec [1:1024,3:1024]
+        assert sci.shape == raw.shape
+        # saturated pixels of the raw frame are masked as such, and only those
+        assert np.array_equal((mask & Bit.SATURATED) != 0, raw >= 65000)
+        # the sky in electrons: (raw - bias) x 1.43, the flat being normalised to 1
+        sky_e = (np.median(raw) - np.median(bias_raw)) * 1.43
+        assert np.median(sci) == pytest.approx(sky_e, rel=0.01), head["FRAME"]
+        # pixel-to-pixel noise (robust, insensitive to gradients and most stars)
+        good = (mask[:, 1:] == 0) & (mask[:, :-1] == 0)
+        diff = (sci[:, 1:] - sci[:, :-1])[good]
+        noise2.append((1.4826 * np.median(np.abs(diff - np.median(diff)))) ** 2 / 2)
+        signal.append(float(np.median(sci)))
+        flat_unc = np.median(fits.getdata(work / head["IMRFLAT"], "UNC"))
+        flat_noise2.append((signal[-1] * flat_unc) ** 2)
+    # photon transfer on the science frames (2 s to 60 s, 150 to 9800 e- of sky): after
+    # the flat's own noise, the noise grows by 1 e-^2 per e- if the data are in electrons,
+    # i.e. if the gain 1.43 is right
+    signal = np.array(signal)
+    slope, _ = np.polyfit(signal, np.array(noise2) - np.array(flat_noise2), 1)
+    assert slope == pytest.approx(1.0, abs=0.1)

@@ -18,8 +18,11 @@ def small_night(tmp_path: Path, config_extra: dict | None = None) -> Path:
     for i in range(3):
         write_demo_frame(raw / f"sci.{i:04d}.fits", band="g", dateobs=f"2026-03-02T0{4 + i}:00:00")
     write_demo_frame(raw / "r_0001.fits", band="r", dateobs="2026-03-02T08:00:00")
-    for i in range(2):
+    for i in range(5):
         write_demo_frame(raw / f"bias_{i}.fits", imagetype="BIAS", band=None, exptime=0.0)
+    for band in "gr":
+        for i in range(3):
+            write_demo_frame(raw / f"flat_{band}{i}.fits", imagetype="FLAT", band=band, exptime=5)
     write_demo_frame(raw / "next.fits", dateobs="2026-03-03T05:00:00")  # the next night
     write_demo_frame(raw / "focus.fits", imagetype="FOCUS")  # logged, not reduced
     (raw / "junk.fits").write_text("not a FITS file")
@@ -31,9 +34,13 @@ def small_night(tmp_path: Path, config_extra: dict | None = None) -> Path:
 def test_dry_run_plans_one_inspection_per_frame_and_chip(tmp_path):
     work = small_night(tmp_path)
     proc = snakemake(work, "--dry-run")
-    # 7 usable frames x 2 chips; 2 nights -> 2 summaries
-    assert job_counts(proc.stdout) == {"all": 1, "inspect": 14, "night_summary": 2, "total": 17}
-    assert "9 files read, 0 unchanged, 0 removed; 14 frame x chip rows in use, 3 excluded" in (
+    # 16 usable frames x 2 chips; 2 nights -> 2 summaries; masters of night 1 (bias per
+    # chip, flat per chip and band) calibrate the 5 science frames of both nights
+    assert job_counts(proc.stdout) == {
+        "all": 1, "inspect": 32, "night_summary": 2, "master_bias": 2, "master_flat": 4,
+        "calibrate": 10, "master_qa": 1, "total": 52,
+    }  # fmt: skip
+    assert "18 files read, 0 unchanged, 0 removed; 32 frame x chip rows in use, 3 excluded" in (
         proc.stderr
     )
     # each excluded file is named with its reason
@@ -53,8 +60,10 @@ def test_nights_setting_restricts_the_run(tmp_path):
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["instruments"]["demo"]["nights"] = ["20260302"]
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # the night's frames, and the masters of the night before that calibrate them
     assert job_counts(snakemake(work, "--dry-run").stdout) == {
-        "all": 1, "inspect": 2, "night_summary": 1, "total": 4,
+        "all": 1, "inspect": 2, "night_summary": 1, "calibrate": 2, "master_bias": 2,
+        "master_flat": 2, "total": 10,
     }  # fmt: skip
 
 

@@ -1,0 +1,513 @@
+"""CCD calibration: overscan, trim, non-linearity, master bias/dark/flat, per-frame calibration.
+
+Everything between a raw CCD chip and a calibrated frame in electrons. Functions
+take arrays and return arrays (plus small dicts of measured numbers); file I/O is
+in the rule scripts. Conventions:
+
+- arrays are ``(ny, nx)``; sections come from the instrument file (FITS 1-based,
+  inclusive, unbinned pixels; :func:`imred.sections.parse_section`);
+- a *prepared* frame is a raw chip after overscan subtraction, trim and
+  non-linearity correction, in ADU (:func:`prepare_chip`);
+- master bias: ADU (what is left after overscan subtraction); master dark: e-/s;
+  master flat: normalised to a median of 1; each with a 1-sigma uncertainty;
+- a calibrated frame is in electrons, with a variance (e-^2) and a bitmask
+  (:mod:`imred.mask`).
+
+The order of per-frame calibration (:func:`calibrate_chip`): overscan -> trim ->
+non-linearity -> bias -> dark (scaled by exposure time) -> gain (to e-) -> flat ->
+bad pixels and saturation -> cosmic rays.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+
+from .combine import combine_arrays
+from .errors import ImredError
+from .instrument import Chip
+from .mask import Bit
+from .nir import correct_nonlinearity
+from .sections import parse_section
+
+
+def _robust_std(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+# ------------------------------------------------------------------ raw -> prepared
+@dataclass
+class Prepared:
+    """A raw chip after overscan, trim and non-linearity (ADU), with what was measured."""
+
+    data: np.ndarray
+    saturated: np.ndarray
+    nonlinear: np.ndarray
+    overscan_levels: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)
+
+
+def subtract_overscan(
+    raw: np.ndarray, chip: Chip, binning: tuple[int, int], method: str = "median", order: int = 3
+) -> tuple[np.ndarray, dict]:
+    """Subtract each amplifier's overscan level from its data section.
+
+    ``method``: ``median`` or ``mean`` (one sigma-clipped level per amplifier), or
+    ``fit`` (a polynomial of ``order`` along the readout direction, fitted to the
+    per-row (``readout_axis: x``) or per-column (``y``) clipped means of the overscan).
+    Returns the corrected array (float32, same shape) and each amplifier's mean level.
+    Amplifiers without an overscan section are left as they are.
+    """
+    out = raw.astype(np.float32, copy=True)
+    levels = {}
+    for i, amp in enumerate(chip.amplifiers):
+        if not amp.get("overscan"):
+            continue
+        name = amp.get("name") or str(i + 1)
+        orows, ocols = parse_section(amp["overscan"], binning)
+        drows, dcols = parse_section(amp["data"], binning)
+        over = raw[orows, ocols].astype(np.float64)
+        if over.size == 0:
+            raise ImredError(
+                f"chip {chip.name}: overscan section {amp['overscan']} is outside the "
+                f"{raw.shape[1]}x{raw.shape[0]} raw array (fix the instrument file)"
+            )
+        axis_x = amp.get("readout_axis", "x") == "x"
+        if method in ("median", "mean"):
+            mean, median, _ = sigma_clipped_stats(over, sigma=3.0, maxiters=5)
+            level = median if method == "median" else mean
+            out[drows, dcols] -= np.float32(level)
+            levels[name] = float(level)
+        elif method == "fit":
+            profile = sigma_clipped_stats(over, sigma=3.0, maxiters=5, axis=1 if axis_x else 0)[0]
+            index = np.arange(profile.size, dtype=float)
+            good = np.isfinite(profile)
+            coeff = np.polyfit(index[good], profile[good], min(order, max(int(good.sum()) - 1, 0)))
+            model = np.polyval(coeff, index)
+            # the overscan runs along the same rows (x) or columns (y) as the data
+            if axis_x:
+                rows = np.arange(drows.start, drows.stop) - orows.start
+                out[drows, dcols] -= model[np.clip(rows, 0, model.size - 1)][:, None].astype(
+                    np.float32
+                )
+            else:
+                cols = np.arange(dcols.start, dcols.stop) - ocols.start
+                out[drows, dcols] -= model[np.clip(cols, 0, model.size - 1)][None, :].astype(
+                    np.float32
+                )
+            levels[name] = float(np.mean(model))
+        else:
+            raise ImredError(f"overscan method {method!r} is not one of median, mean, fit")
+    return out, levels
+
+
+def trim_section(chip: Chip, shape: tuple[int, int], binning: tuple[int, int]):
+    """The slices ``(rows, cols)`` kept after trim: trimsec, else datasec, else all."""
+    text = chip.trimsec or chip.datasec or f"[1:{shape[1] * binning[0]},1:{shape[0] * binning[1]}]"
+    rows, cols = parse_section(text, binning)
+    if rows.stop > shape[0] or cols.stop > shape[1]:
+        raise ImredError(
+            f"chip {chip.name}: trim section {text} (binning {binning[0]}x{binning[1]}) is "
+            f"outside the {shape[1]}x{shape[0]} raw array (fix the instrument file)"
+        )
+    return rows, cols
+
+
+def prepare_chip(
+    raw: np.ndarray,
+    chip: Chip,
+    binning: tuple[int, int],
+    *,
+    saturation: float,
+    overscan: dict,
+    nonlinearity: dict | None,
+) -> Prepared:
+    """Overscan -> trim -> non-linearity: a raw chip in ADU on the trimmed grid.
+
+    ``overscan`` is the config block (``enabled``, ``method``, ``fit_order``);
+    ``nonlinearity`` the instrument's ``detector.nonlinearity`` (or None to skip).
+    Saturation is judged on the raw values (ADU, bias included).
+    """
+    if raw.ndim != 2:
+        raise ImredError(f"chip {chip.name}: expected a 2-D image, got shape {raw.shape}")
+    steps = []
+    rows, cols = trim_section(chip, raw.shape, binning)
+    saturated = raw[rows, cols] >= saturation
+    levels = {}
+    data = raw.astype(np.float32)
+    if overscan.get("enabled", True) and any(a.get("overscan") for a in chip.amplifiers):
+        data, levels = subtract_overscan(
+            raw, chip, binning, overscan.get("method", "median"), overscan.get("fit_order", 3)
+        )
+        steps.append(f"overscan:{overscan.get('method', 'median')}")
+    data = data[rows, cols]
+    steps.append("trim")
+    nonlinear = np.zeros(data.shape, dtype=bool)
+    if nonlinearity and (nonlinearity.get("polynomial") or nonlinearity.get("coefficient_cube")):
+        cube = None
+        if nonlinearity.get("coefficient_cube"):
+            from astropy.io import fits
+
+            cube = fits.getdata(nonlinearity["coefficient_cube"]).astype(np.float32)
+            cube = cube[:, rows, cols] if cube.shape[1:] != data.shape else cube
+        data, nonlinear = correct_nonlinearity(
+            data,
+            polynomial=nonlinearity.get("polynomial"),
+            cube=cube,
+            max_adu=nonlinearity.get("max_adu"),
+        )
+        data = np.asarray(data, dtype=np.float32)
+        steps.append("nonlinearity")
+    return Prepared(data, saturated, np.asarray(nonlinear, bool), levels, steps)
+
+
+# ------------------------------------------------------------------------ masters
+@dataclass
+class Master:
+    """A master calibration frame: data, 1-sigma uncertainty, mask, header cards, QA."""
+
+    data: np.ndarray
+    unc: np.ndarray
+    mask: np.ndarray
+    cards: list = field(default_factory=list)
+    qa: dict = field(default_factory=dict)
+
+
+def _combine(frames, settings, scales=None):
+    return combine_arrays(
+        frames,
+        method=settings.get("method", "mean"),
+        sigma_lower=settings.get("sigma", 3.0),
+        sigma_upper=settings.get("sigma", 3.0),
+        maxiters=settings.get("maxiters", 5),
+        scales=scales,
+    )
+
+
+def read_noise_from_pairs(frames: list[np.ndarray], gain: float) -> float:
+    """Read noise (e-) from pairs of bias frames: gain x std(b1 - b2) / sqrt(2), clipped.
+
+    The median over consecutive pairs; NaN with fewer than two frames.
+    """
+    values = []
+    for a, b in itertools.pairwise(frames):
+        diff = (a - b).astype(np.float64)
+        _, _, std = sigma_clipped_stats(diff, sigma=4.0, maxiters=5)
+        values.append(gain * std / np.sqrt(2.0))
+    return float(np.median(values)) if values else float("nan")
+
+
+def make_master_bias(
+    frames: list[np.ndarray], gain: float, settings: dict, read_noise: float | None = None
+) -> Master:
+    """Sigma-clipped combine of prepared bias frames (ADU); read noise from pairs.
+
+    The uncertainty is the noise model read_noise / gain / sqrt(N) (the read noise
+    measured from pairs, else ``read_noise`` from the instrument): with a few frames
+    the scatter of the combined values is too noisy an estimate (and undefined for one).
+    """
+    result = _combine(frames, settings.get("combine", {}))
+    rn = read_noise_from_pairs(frames, gain)
+    rn_model = rn if np.isfinite(rn) else (read_noise or np.nan)
+    unc = np.full(result.data.shape, rn_model / gain / np.sqrt(len(frames)), dtype=np.float32)
+    _, median, std = sigma_clipped_stats(result.data, sigma=3.0, maxiters=5)
+    mask = np.where(np.isfinite(result.data), 0, int(Bit.NO_DATA)).astype(np.uint16)
+    qa = {
+        "ncombine": len(frames),
+        "read_noise_e": rn,
+        "level_adu": float(median),
+        "noise_adu": float(std),
+        "expected_noise_adu": rn / gain / np.sqrt(len(frames)) if np.isfinite(rn) else None,
+        "rejected_fraction": result.rejected_fraction,
+    }
+    cards = [
+        ("NCOMBINE", len(frames), "frames combined"),
+        ("RDNOISE", round(rn, 4) if np.isfinite(rn) else "", "read noise from bias pairs (e-)"),
+    ]
+    return Master(result.data, unc, mask, cards, qa)
+
+
+def make_master_dark(
+    frames: list[np.ndarray],
+    exptimes: list[float],
+    gain: float,
+    settings: dict,
+    read_noise: float = 0.0,
+) -> Master:
+    """Dark rate (e-/s) from bias-subtracted prepared darks (ADU) and their exposure times.
+
+    Hot pixels: rate above the median by more than ``hot_sigma`` robust standard
+    deviations and above ``hot_min_rate`` e-/s. Uncertainty: Poisson + read noise
+    of the combined exposures, sqrt(sum(rate t_i + rn^2)) / sum(t_i).
+    """
+    if any(t <= 0 for t in exptimes):
+        raise ImredError(f"dark frames need exposure times > 0, got {exptimes}")
+    rates = [f * np.float32(gain / t) for f, t in zip(frames, exptimes, strict=True)]
+    result = _combine(rates, settings.get("combine", {}))
+    total_t = float(sum(exptimes))
+    unc = (
+        np.sqrt(np.clip(result.data, 0, None) * total_t + len(frames) * read_noise**2) / total_t
+    ).astype(np.float32)
+    median = float(np.nanmedian(result.data))
+    spread = _robust_std(result.data)
+    hot = (result.data > median + settings.get("hot_sigma", 5.0) * spread) & (
+        result.data > settings.get("hot_min_rate", 0.0)
+    )
+    mask = np.where(hot, int(Bit.HOT), 0).astype(np.uint16)
+    mask[~np.isfinite(result.data)] |= int(Bit.NO_DATA)
+    qa = {
+        "ncombine": len(frames),
+        "median_rate": median,
+        "hot_pixels": int(hot.sum()),
+        "rejected_fraction": result.rejected_fraction,
+        "exptime_total": float(sum(exptimes)),
+    }
+    cards = [
+        ("NCOMBINE", len(frames), "frames combined"),
+        ("DARKRATE", round(median, 6), "median dark rate (e-/s)"),
+        ("NHOTPIX", int(hot.sum()), "hot pixels flagged"),
+    ]
+    return Master(result.data, unc, mask, cards, qa)
+
+
+def gain_from_flat_pairs(frames: list[np.ndarray], read_noise_adu: float) -> float:
+    """Gain (e-/ADU) by photon transfer from pairs of flats (bias-subtracted, ADU).
+
+    For two flats of mean m1, m2: scale the second to the first, then
+    ``var(f1 - f2 m1/m2) = 2 (m1 / g + rn^2)`` (the flat-field pattern cancels).
+    Median over consecutive pairs; NaN with fewer than two flats.
+    """
+    values = []
+    for a, b in itertools.pairwise(frames):
+        ma, mb = float(np.nanmedian(a)), float(np.nanmedian(b))
+        if ma <= 0 or mb <= 0:
+            continue
+        diff = (a - b * np.float32(ma / mb)).astype(np.float64)
+        _, _, std = sigma_clipped_stats(diff, sigma=4.0, maxiters=5)
+        shot = std**2 / 2.0 - read_noise_adu**2
+        if shot > 0:
+            values.append(ma / shot)
+    return float(np.median(values)) if values else float("nan")
+
+
+def make_master_flat(
+    frames: list[np.ndarray], settings: dict, read_noise_adu: float, gain: float
+) -> Master:
+    """Normalise each prepared flat (bias/dark-subtracted, ADU) by its median, combine.
+
+    The master is renormalised to a median of 1; pixels below ``dead_threshold`` are
+    flagged DEAD. The gain is measured from flat pairs (photon transfer). The
+    uncertainty is the photon + read noise of the summed flats, relative:
+    flat x sqrt(sum(S_i g + rn^2 g^2)) / sum(S_i g) with S_i each frame's signal (ADU).
+    """
+    medians = [float(np.nanmedian(f)) for f in frames]
+    bad = [i for i, m in enumerate(medians) if not np.isfinite(m) or m <= 0]
+    if bad:
+        raise ImredError(f"flat frames {bad} have a median <= 0: cannot normalise them")
+    result = _combine(frames, settings.get("combine", {}), scales=[1.0 / m for m in medians])
+    norm = float(np.nanmedian(result.data))
+    data = result.data / np.float32(norm)
+    signal_e = np.clip(data, 0, None) * np.float32(sum(medians) * gain)
+    noise_e = np.sqrt(signal_e + len(frames) * (read_noise_adu * gain) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unc = np.where(signal_e > 0, data * noise_e / signal_e, np.nan).astype(np.float32)
+    dead = data < settings.get("dead_threshold", 0.5)
+    mask = np.where(dead, int(Bit.DEAD), 0).astype(np.uint16)
+    mask[~np.isfinite(data)] |= int(Bit.NO_DATA)
+    gain = gain_from_flat_pairs(frames, read_noise_adu)
+    qa = {
+        "ncombine": len(frames),
+        "levels_adu": medians,
+        "dead_pixels": int(dead.sum()),
+        "gain_measured": gain,
+        "rejected_fraction": result.rejected_fraction,
+        "noise": float(np.nanmedian(unc)),
+    }
+    cards = [
+        ("NCOMBINE", len(frames), "frames combined"),
+        ("GAINMEAS", round(gain, 4) if np.isfinite(gain) else "", "gain from flat pairs (e-/ADU)"),
+        ("NDEADPIX", int(dead.sum()), "dead pixels flagged"),
+    ]
+    return Master(data.astype(np.float32), unc.astype(np.float32), mask, cards, qa)
+
+
+def bad_columns(image: np.ndarray, window: int = 11, sigma: float = 5.0) -> np.ndarray:
+    """Columns whose median departs from a sliding clipped mean of their neighbours.
+
+    Column medians are compared with the sigma-clipped mean of the ``window`` columns
+    around each one (the column itself excluded); a column more than ``sigma`` robust
+    standard deviations (of all such departures) away is bad. Returns a boolean per
+    column.
+    """
+    from scipy.ndimage import generic_filter
+
+    med = np.nanmedian(image, axis=0).astype(np.float64)
+    half = window // 2
+    fp = np.ones(window, dtype=bool)
+    fp[half] = False
+
+    def clipped_mean(values):
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return np.nan
+        c = np.median(values)
+        s = 1.4826 * np.median(np.abs(values - c)) or np.std(values) or 1.0
+        return float(np.mean(values[np.abs(values - c) <= 3 * s]))
+
+    local = generic_filter(med, clipped_mean, footprint=fp, mode="nearest")
+    dev = med - local
+    spread = _robust_std(dev)
+    if not np.isfinite(spread) or spread == 0:
+        return np.zeros(med.shape, dtype=bool)
+    return np.abs(dev) > sigma * spread
+
+
+def region_mask(
+    regions: dict, raw_shape: tuple[int, int], trim: tuple[slice, slice], binning: tuple[int, int]
+) -> np.ndarray:
+    """A BAD mask on the trimmed grid from user regions (raw-frame coordinates).
+
+    ``regions`` has ``bad_columns`` (1-based column numbers), ``bad_rows``, and
+    ``bad_rectangles`` (FITS sections ``"[x1:x2,y1:y2]"``, 1-based inclusive), all in
+    unbinned raw-frame pixels, like the instrument file's sections.
+    """
+    full = np.zeros(raw_shape, dtype=bool)
+    for col in regions.get("bad_columns", []) or []:
+        full[:, parse_section(f"[{col}:{col},1:1]", binning)[1]] = True
+    for row in regions.get("bad_rows", []) or []:
+        full[parse_section(f"[1:1,{row}:{row}]", binning)[0], :] = True
+    for sec in regions.get("bad_rectangles", []) or []:
+        full[parse_section(sec, binning)] = True
+    return full[trim]
+
+
+# -------------------------------------------------------------------- per frame
+@dataclass
+class Calibrated:
+    sci: np.ndarray
+    var: np.ndarray
+    mask: np.ndarray
+    steps: list
+    qa: dict
+
+
+def find_cosmic_rays(
+    sci: np.ndarray,
+    mask: np.ndarray,
+    read_noise: float,
+    saturation: float,
+    settings: dict,
+) -> tuple[np.ndarray, dict]:
+    """Cosmic rays by L.A.Cosmic (astroscrappy) on an image in electrons.
+
+    The threshold ``sigclip`` starts at the setting and is raised (x1.25) until at
+    most ``max_fraction`` of the usable pixels are flagged (photopipe's adaptive
+    scheme), at most ``max_tries`` times. Returns the CR mask and what was done.
+    """
+    import astroscrappy
+
+    bad = mask != 0
+    sigclip = float(settings.get("sigclip", 4.5))
+    cap = float(settings.get("max_fraction", 0.002))
+    valid = max(int((~bad).sum()), 1)
+    data = np.where(np.isfinite(sci), sci, 0.0).astype(np.float32)
+    crmask = np.zeros(sci.shape, dtype=bool)
+    fraction = 0.0
+    for _ in range(int(settings.get("max_tries", 6))):
+        crmask, _ = astroscrappy.detect_cosmics(
+            data,
+            inmask=bad,
+            sigclip=sigclip,
+            sigfrac=float(settings.get("sigfrac", 0.3)),
+            objlim=float(settings.get("objlim", 5.0)),
+            gain=1.0,
+            readnoise=float(read_noise),
+            satlevel=float(saturation),
+            niter=int(settings.get("niter", 4)),
+            cleantype="meanmask",
+        )
+        fraction = float(crmask.sum()) / valid
+        if fraction <= cap:
+            break
+        sigclip *= 1.25
+    return crmask, {"cr_sigclip": sigclip, "cr_fraction": fraction}
+
+
+def calibrate_chip(
+    prepared: Prepared,
+    *,
+    gain: float,
+    read_noise: float,
+    exptime: float,
+    saturation_adu: float,
+    bias: tuple | None,
+    dark: tuple | None,
+    flat: tuple | None,
+    static_mask: np.ndarray | None,
+    settings: dict,
+    is_science: bool = True,
+) -> Calibrated:
+    """Bias, dark, gain, flat, masks and cosmic rays on a prepared chip.
+
+    ``bias`` = (data ADU, unc ADU, mask) or None; ``dark`` = (rate e-/s, unc, mask);
+    ``flat`` = (normalised, unc, mask). Variance (e-^2): Poisson on the collected
+    charge (signal + dark, floored at 0) + read noise^2 + the masters' uncertainties,
+    propagated through the flat.
+    """
+    steps = list(prepared.steps)
+    adu = prepared.data.astype(np.float32)
+    var_master = np.zeros(adu.shape, dtype=np.float32)
+    mask = np.zeros(adu.shape, dtype=np.uint16)
+    for master, name in ((bias, "bias"), (dark, "dark"), (flat, "flat")):
+        if master is not None and master[0].shape != adu.shape:
+            raise ImredError(
+                f"master {name} is {master[0].shape[1]}x{master[0].shape[0]} but the frame is "
+                f"{adu.shape[1]}x{adu.shape[0]} (binning or sections differ): not used"
+            )
+    if bias is not None:
+        adu = adu - bias[0]
+        var_master += (bias[1] * gain) ** 2
+        mask |= bias[2]
+        steps.append("bias")
+    electrons = adu * np.float32(gain)
+    dark_e = np.zeros_like(electrons)
+    if dark is not None:
+        dark_e = dark[0] * np.float32(exptime)
+        electrons = electrons - dark_e
+        var_master += (dark[1] * exptime) ** 2
+        mask |= dark[2]
+        steps.append("dark")
+    steps.append("gain")
+    var = np.maximum(electrons + dark_e, 0) + np.float32(read_noise) ** 2 + var_master
+    if flat is not None:
+        f = flat[0]
+        good = np.isfinite(f) & (f > 0)
+        safe = np.where(good, f, 1.0).astype(np.float32)
+        electrons = electrons / safe
+        var = var / safe**2 + electrons**2 * (flat[1] / safe) ** 2
+        mask |= flat[2]
+        mask[~good] |= int(Bit.NO_DATA)
+        steps.append("flat")
+    if static_mask is not None:
+        mask |= static_mask.astype(np.uint16)
+    mask[prepared.saturated] |= int(Bit.SATURATED)
+    mask[prepared.nonlinear] |= int(Bit.NONLINEAR)
+    finite = np.isfinite(electrons) & np.isfinite(var)
+    mask[~finite] |= int(Bit.NO_DATA)
+    steps.append("masks")
+    qa: dict = {}
+    if is_science and settings.get("cosmic_rays", {}).get("enabled", True):
+        sat_e = (saturation_adu - np.median(list(prepared.overscan_levels.values()) or [0])) * gain
+        cr, qa = find_cosmic_rays(electrons, mask, read_noise, sat_e, settings["cosmic_rays"])
+        mask[cr] |= int(Bit.COSMIC_RAY)
+        steps.append("cosmic_rays")
+    electrons = np.where(finite, electrons, np.nan).astype(np.float32)
+    var = np.where(finite, var, np.nan).astype(np.float32)
+    qa["masked_fraction"] = float((mask != 0).mean())
+    return Calibrated(electrons, var, mask, steps, qa)

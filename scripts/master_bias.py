@@ -1,0 +1,22 @@
+"""Rule master_bias: see imred.masters.build_master_bias."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+
+from imred.masters import build_master_bias
+from imred.products import write_image_product
+from imred.scripting import run_rule
+
+
+def main(smk):
+    w = smk.wildcards
+    master, header = build_master_bias(
+        smk.params.rows, smk.params.chip, w.night, w.setup, smk.params.settings, None
+    )
+    write_image_product(
+        smk.output[0], header, master.data, unc=master.unc, mask=master.mask, unit="adu"
+    )
+
+
+run_rule(snakemake, main)
