@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 DEMO := data/demo
 
-.PHONY: setup demo test lint bench-dag clean-demo
+.PHONY: setup demo test lint bench-dag bench-demo bench-combine clean-demo
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,14 @@ lint: setup
 # How long `snakemake -n` takes for 250, 1000 and 2000 frames x 4 chips.
 bench-dag: setup
 	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/dag_scale.py
+
+# Simulate the demo night, reduce it and score every product against the truth.
+bench-demo: setup
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/demo_score.py
+
+# The master combine against ccdproc.combine and numpy (throughput, peak memory).
+bench-combine: setup
+	@$(BIN)/python tests/benchmarks/combine.py
 
 clean-demo:
 	rm -rf $(DEMO) results/demo logs benchmarks

@@ -179,7 +179,33 @@ class Master:
     qa: dict = field(default_factory=dict)
 
 
-def _combine(frames, settings, scales=None):
+def model_outliers(frames: list[np.ndarray], sigmas: list[np.ndarray], k: float) -> list:
+    """Per frame, pixels more than ``k`` expected sigmas from the median of the stack.
+
+    Sigma clipping with the sample scatter cannot reject a cosmic ray in a stack of
+    three (one value of three is never more than 1.15 sample sigmas out); the noise
+    model can. ``frames`` and ``sigmas`` are on one scale. ``k <= 0``: no masks.
+    """
+    if k <= 0 or len(frames) < 2:
+        return [np.zeros(f.shape, dtype=bool) for f in frames]
+    median = np.median(np.stack(frames), axis=0)
+    return [np.abs(f - median) > k * s for f, s in zip(frames, sigmas, strict=True)]
+
+
+def _combine(frames, settings, scales=None, sigmas=None):
+    masks = None
+    if sigmas is not None:
+        scaled = (
+            frames
+            if scales is None
+            else [f * np.float32(c) for f, c in zip(frames, scales, strict=True)]
+        )
+        scaled_sig = (
+            sigmas
+            if scales is None
+            else [s * np.float32(c) for s, c in zip(sigmas, scales, strict=True)]
+        )
+        masks = model_outliers(scaled, scaled_sig, settings.get("model_sigma", 5.0))
     return combine_arrays(
         frames,
         method=settings.get("method", "mean"),
@@ -187,6 +213,7 @@ def _combine(frames, settings, scales=None):
         sigma_upper=settings.get("sigma", 3.0),
         maxiters=settings.get("maxiters", 5),
         scales=scales,
+        masks=masks,
     )
 
 
@@ -212,9 +239,10 @@ def make_master_bias(
     measured from pairs, else ``read_noise`` from the instrument): with a few frames
     the scatter of the combined values is too noisy an estimate (and undefined for one).
     """
-    result = _combine(frames, settings.get("combine", {}))
     rn = read_noise_from_pairs(frames, gain)
     rn_model = rn if np.isfinite(rn) else (read_noise or np.nan)
+    sigma = np.full(frames[0].shape, rn_model / gain, dtype=np.float32)
+    result = _combine(frames, settings.get("combine", {}), sigmas=[sigma] * len(frames))
     unc = np.full(result.data.shape, rn_model / gain / np.sqrt(len(frames)), dtype=np.float32)
     _, median, std = sigma_clipped_stats(result.data, sigma=3.0, maxiters=5)
     mask = np.where(np.isfinite(result.data), 0, int(Bit.NO_DATA)).astype(np.uint16)
@@ -238,7 +266,8 @@ def make_master_dark(
     exptimes: list[float],
     gain: float,
     settings: dict,
-    read_noise: float = 0.0,
+    *,
+    read_noise: float,
 ) -> Master:
     """Dark rate (e-/s) from bias-subtracted prepared darks (ADU) and their exposure times.
 
@@ -246,10 +275,16 @@ def make_master_dark(
     deviations and above ``hot_min_rate`` e-/s. Uncertainty: Poisson + read noise
     of the combined exposures, sqrt(sum(rate t_i + rn^2)) / sum(t_i).
     """
+    if read_noise <= 0:
+        raise ImredError(f"read noise must be > 0 e- for the dark noise model, got {read_noise}")
     if any(t <= 0 for t in exptimes):
         raise ImredError(f"dark frames need exposure times > 0, got {exptimes}")
     rates = [f * np.float32(gain / t) for f, t in zip(frames, exptimes, strict=True)]
-    result = _combine(rates, settings.get("combine", {}))
+    sigmas = [
+        np.sqrt(np.clip(r, 0, None) * t + read_noise**2) / np.float32(t)
+        for r, t in zip(rates, exptimes, strict=True)
+    ]
+    result = _combine(rates, settings.get("combine", {}), sigmas=sigmas)
     total_t = float(sum(exptimes))
     unc = (
         np.sqrt(np.clip(result.data, 0, None) * total_t + len(frames) * read_noise**2) / total_t
@@ -310,7 +345,10 @@ def make_master_flat(
     bad = [i for i, m in enumerate(medians) if not np.isfinite(m) or m <= 0]
     if bad:
         raise ImredError(f"flat frames {bad} have a median <= 0: cannot normalise them")
-    result = _combine(frames, settings.get("combine", {}), scales=[1.0 / m for m in medians])
+    sigmas = [np.sqrt(np.clip(f, 0, None) / gain + read_noise_adu**2) for f in frames]
+    result = _combine(
+        frames, settings.get("combine", {}), scales=[1.0 / m for m in medians], sigmas=sigmas
+    )
     norm = float(np.nanmedian(result.data))
     data = result.data / np.float32(norm)
     signal_e = np.clip(data, 0, None) * np.float32(sum(medians) * gain)
@@ -412,11 +450,14 @@ def find_cosmic_rays(
     """
     import astroscrappy
 
-    bad = mask != 0
+    # astroscrappy's filters see a star cut by the chip's edge as sharp: pad by
+    # reflection so that edge stars look like stars, and crop the result
+    pad = 8
+    bad = np.pad(mask != 0, pad, mode="reflect")
     sigclip = float(settings.get("sigclip", 4.5))
     cap = float(settings.get("max_fraction", 0.002))
-    valid = max(int((~bad).sum()), 1)
-    data = np.where(np.isfinite(sci), sci, 0.0).astype(np.float32)
+    valid = max(int((mask == 0).sum()), 1)
+    data = np.pad(np.where(np.isfinite(sci), sci, 0.0).astype(np.float32), pad, mode="reflect")
     crmask = np.zeros(sci.shape, dtype=bool)
     fraction = 0.0
     for _ in range(int(settings.get("max_tries", 6))):
@@ -432,6 +473,7 @@ def find_cosmic_rays(
             niter=int(settings.get("niter", 4)),
             cleantype="meanmask",
         )
+        crmask = crmask[pad:-pad, pad:-pad]
         fraction = float(crmask.sum()) / valid
         if fraction <= cap:
             break

@@ -4,6 +4,8 @@
     scan raw folders and write (or update) the observation log; print a summary.
 ``imred simulate SCENARIO --out DIR [--seed N] [--small]``
     write a simulated raw night with its truth folder.
+``imred score RESULTS TRUTH [--json OUT] [--markdown OUT]``
+    measure a results folder against a simulated night's truth folder.
 ``imred check [CONFIG]``
     validate a config file and every instrument file it names.
 
@@ -46,6 +48,16 @@ def _simulate(args) -> int:
     return simulate.main(argv)
 
 
+def _score(args) -> int:
+    from . import score
+
+    argv = [args.results, args.truth]
+    for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
+        if value:
+            argv += [flag, value]
+    return score.main(argv)
+
+
 def _check(args) -> int:
     from .config import load_config
     from .instrument import load_instrument
@@ -77,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
     p.add_argument("--small", action="store_true", help="a small, fast variant for tests")
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("score", help="score a results folder against a simulated truth")
+    p.add_argument("results", help="results folder (or the working folder holding results/)")
+    p.add_argument("truth", help="the simulator's truth folder")
+    p.add_argument("--json", help="write the scores as JSON here")
+    p.add_argument("--markdown", help="write the Markdown tables here")
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("check", help="validate a config file and its instrument files")
     p.add_argument("config", nargs="?", default=Path("config/config.yaml"), type=Path)

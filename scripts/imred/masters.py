@@ -149,6 +149,7 @@ def build_master_dark(rows, chip: dict, night, setup, settings, nonlinearity, bi
         [float(r["exptime"]) for r in rows],
         float(rows[0]["gain"]),
         settings["dark"] | {"combine": settings.get("combine", {})},
+        read_noise=float(rows[0]["read_noise"]),
     )
     masters = {"bias": bias_path} if bias_path else {}
     steps = [*prepared[0].steps, *(["bias"] if bias_path else [])]

@@ -140,7 +140,8 @@ def test_master_dark_rate_and_hot_pixels():
     t = 600.0
     frames = [prep(raw_frame(rng, rate * t)).data for _ in range(5)]
     master = make_master_dark(frames, [t] * 5, GAIN,
-                              {"hot_sigma": 5.0, "hot_min_rate": 0.5, "combine": {}})  # fmt: skip
+                              {"hot_sigma": 5.0, "hot_min_rate": 0.5, "combine": {}},
+                              read_noise=RN)  # fmt: skip
     good = np.ones(rate.shape, bool)
     good[30, 40] = good[70, 10] = False
     # each pixel's rate within its noise: sqrt(rate t + rn^2)/t/sqrt(5)
@@ -152,7 +153,7 @@ def test_master_dark_rate_and_hot_pixels():
     model = make_master_dark(frames, [t] * 5, GAIN, {"combine": {}}, read_noise=RN)
     assert np.std(model.data[good] - 0.02) == pytest.approx(np.median(model.unc[good]), rel=0.15)
     with pytest.raises(ImredError, match="exposure times > 0"):
-        make_master_dark(frames[:1], [0.0], GAIN, {})
+        make_master_dark(frames[:1], [0.0], GAIN, {}, read_noise=RN)
 
 
 def test_master_flat_reaches_the_photon_noise_limit_and_flags_dead_pixels():
@@ -270,3 +271,16 @@ def test_cosmic_rays_recalled_and_star_cores_spared():
     _, capped = find_cosmic_rays(image, np.zeros(shape, np.uint16), RN, 1e6,
                                  {"sigclip": 4.5, "max_fraction": 1e-5, "max_tries": 3})  # fmt: skip
     assert capped["cr_sigclip"] > qa["cr_sigclip"]
+
+
+def test_a_cosmic_ray_in_one_of_three_darks_is_rejected_by_the_noise_model():
+    rng = np.random.default_rng(11)
+    t = 300.0
+    frames = [prep(raw_frame(rng, np.full((NY, NX), 0.01 * t))).data for _ in range(3)]
+    frames[1][40, 40] += 2000.0 / GAIN  # a cosmic ray: 2000 e- in one dark
+    master = make_master_dark(frames, [t] * 3, GAIN, {"combine": {}}, read_noise=RN)
+    # sample-sigma clipping of three values cannot reject it (one of three is never more
+    # than 1.15 sample sigmas out); the noise model does
+    assert master.data[40, 40] == pytest.approx(0.01, abs=5 * RN / t)
+    off = make_master_dark(frames, [t] * 3, GAIN, {"combine": {"model_sigma": 0}}, read_noise=RN)
+    assert off.data[40, 40] > 2.0  # 2000 e- / 3 frames / 300 s
