@@ -18,6 +18,7 @@ rule master_bias:
         mem_mb=mem_mb_master("bias"),
         runtime=30,
     params:
+        code=code("master_bias.py"),
         rows=master_rows("bias"),
         chip=chip_spec,
         settings=calib_settings("overscan", "combine"),
@@ -42,6 +43,7 @@ rule master_dark:
         mem_mb=mem_mb_master("dark"),
         runtime=30,
     params:
+        code=code("master_dark.py"),
         rows=master_rows("dark"),
         chip=chip_spec,
         nonlinearity=nonlinearity_spec,
@@ -67,6 +69,7 @@ rule master_flat:
         mem_mb=mem_mb_master("flat"),
         runtime=30,
     params:
+        code=code("master_flat.py"),
         rows=master_rows("flat"),
         chip=chip_spec,
         nonlinearity=nonlinearity_spec,
@@ -92,6 +95,7 @@ rule master_qa:
         mem_mb=1024,
         runtime=10,
     params:
+        code=code("master_qa.py"),
         masters=night_master_list,
         parameters=instrument_parameters,
         settings=calib_settings("qa"),
@@ -117,6 +121,7 @@ rule calibrate:
         mem_mb=mem_mb_per_frame,
         runtime=20,
     params:
+        code=code("calibrate.py"),
         row=frame_row,
         chip=chip_spec,
         nonlinearity=nonlinearity_spec,

@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from imred import paths
+from imred.codehash import code_hash
 from imred.errors import ImredError
 from imred.run import Run
 from imred.schema import read_yaml
@@ -23,6 +24,11 @@ for _name, _stats in RUN.log_stats.items():
 
 wildcard_constraints:
     **RUN.wildcard_constraints(),
+
+
+def code(script):
+    """Hash of a rule script and the library code it runs (a params value: edits re-run)."""
+    return code_hash(str(Path(workflow.basedir) / "scripts" / script))
 
 
 # Log columns that describe the file on disk, not the frame: they do not reach params.

@@ -19,6 +19,7 @@ rule inspect:
         mem_mb=mem_mb_per_frame,
         runtime=10,
     params:
+        code=code("inspect_chip.py"),
         row=frame_row,
         chip=chip_spec,
         settings=RUN.config["inspect"],
@@ -40,6 +41,7 @@ rule night_summary:
         mem_mb=512,
         runtime=10,
     params:
+        code=code("night_summary.py"),
         rows=night_rows,
         excluded=night_excluded,
     script:
