@@ -108,7 +108,11 @@ def _load_master(path: str | None):
         return None
     p = read_image_product(path)
     mask = p.get("MASK", np.zeros(p["SCI"].shape, np.uint16))
-    return p["SCI"].astype(np.float32), p["UNC"].astype(np.float32), mask.astype(np.uint16)
+    return (
+        p["SCI"].astype(np.float32, copy=False),
+        p["UNC"].astype(np.float32, copy=False),
+        mask.astype(np.uint16, copy=False),
+    )
 
 
 def build_master_bias(rows, chip: dict, night, setup, settings, nonlinearity):

@@ -459,9 +459,11 @@ def ramp_slope(
 
 def _factor(x: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     """``c0 + c1 x + c2 x^2 + ...`` with ``coeffs`` of shape (order + 1, ...) (Horner)."""
-    out = np.zeros(np.broadcast_shapes(x.shape, coeffs.shape[1:])) + coeffs[-1]
+    out = np.empty(np.broadcast_shapes(x.shape, coeffs.shape[1:]), dtype=x.dtype)
+    out[...] = coeffs[-1]
     for c in coeffs[-2::-1]:
-        out = out * x + c
+        out *= x
+        out += c
     return out
 
 
@@ -511,12 +513,16 @@ def correct_nonlinearity(
 
     Returns
     -------
-    corrected : ndarray, shape of ``data``, float64
+    corrected : ndarray, shape of ``data``; float32 for float32 data, else float64
     nonlinear_mask : ndarray of bool, shape of ``data``
         True where ``x > max_adu`` (beyond the calibrated range: set the NONLINEAR bit);
         all False without ``max_adu``.
     """
-    values = np.asarray(data, dtype=float)
+    values = np.asarray(data)
+    # float32 frames stay float32 (the factor is ~1: float32 keeps 1e-7 of it; half the
+    # memory traffic of float64); anything else is computed in float64
+    dtype = values.dtype if values.dtype in (np.float32, np.float64) else np.float64
+    values = values.astype(dtype, copy=False)
     if (polynomial is None) == (cube is None):
         raise ImredError(
             "give exactly one of a global non-linearity polynomial "
@@ -524,22 +530,22 @@ def correct_nonlinearity(
             "(detector.nonlinearity.coefficient_cube)"
         )
     if polynomial is not None:
-        coeffs = np.asarray(polynomial, dtype=float)
+        coeffs = np.asarray(polynomial, dtype=dtype)
         if coeffs.ndim != 1 or coeffs.size == 0:
             raise ImredError(
                 f"non-linearity polynomial must be a list [c0, c1, ...], got {polynomial!r}"
             )
         coeffs = coeffs.reshape((coeffs.size,) + (1,) * values.ndim)
     else:
-        coeffs = np.asarray(cube, dtype=float)
+        coeffs = np.asarray(cube, dtype=dtype)
         if coeffs.ndim != 3 or values.ndim < 2 or coeffs.shape[1:] != values.shape[-2:]:
             raise ImredError(
                 f"non-linearity cube of shape {coeffs.shape} does not fit data of shape "
                 f"{values.shape}: it must be (order + 1, ny, nx) on the same (trimmed or "
                 "untrimmed) grid as the data"
             )
-    lost = np.asarray(lost_signal, dtype=float)
-    level = values + lost
+    lost = np.asarray(lost_signal, dtype=dtype)
+    level = values + lost if np.any(lost != 0) else values
     corrected = level * _factor(level, coeffs)
     if np.any(lost != 0):
         corrected = corrected - lost * _factor(lost, coeffs)
