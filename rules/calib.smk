@@ -126,6 +126,6 @@ rule calibrate:
         chip=chip_spec,
         nonlinearity=nonlinearity_spec,
         regions=user_regions,
-        settings=calib_settings("overscan", "nonlinearity", "cosmic_rays"),
+        settings=calib_settings("overscan", "nonlinearity", "cosmic_rays", "bad_pixels"),
     script:
         "../scripts/calibrate.py"

@@ -425,6 +425,36 @@ def region_mask(
     return full[trim]
 
 
+def repair_pixels(
+    sci: np.ndarray, var: np.ndarray, mask: np.ndarray, bits: int, radius: int = 2
+) -> int:
+    """Replace pixels with any of ``bits`` by the mean of good neighbours, in place.
+
+    The mean of the pixels within ``radius`` (a (2r+1)^2 box) that have no unusable
+    bit, by normalised convolution (fast; iTelescope's pipeline takes their median).
+    The variance becomes the neighbours' mean variance; the INTERPOLATED bit is set and
+    the original bits are kept, so photometry can still tell. Pixels with no good
+    neighbour are left alone. Returns the number of pixels repaired.
+    """
+    from scipy.ndimage import uniform_filter
+
+    from .mask import UNUSABLE
+
+    target = (mask & np.uint16(bits)) != 0
+    if not target.any():
+        return 0
+    good = ((mask & np.uint16(int(UNUSABLE))) == 0) & np.isfinite(sci)
+    size = 2 * radius + 1
+    weight = uniform_filter(good.astype(np.float32), size, mode="constant")
+    total = uniform_filter(np.where(good, sci, 0).astype(np.float32), size, mode="constant")
+    vtotal = uniform_filter(np.where(good, var, 0).astype(np.float32), size, mode="constant")
+    fix = target & (weight > 0)
+    sci[fix] = total[fix] / weight[fix]
+    var[fix] = vtotal[fix] / weight[fix]
+    mask[fix] |= np.uint16(Bit.INTERPOLATED)
+    return int(fix.sum())
+
+
 # -------------------------------------------------------------------- per frame
 @dataclass
 class Calibrated:
@@ -550,6 +580,13 @@ def calibrate_chip(
         cr, qa = find_cosmic_rays(electrons, mask, read_noise, sat_e, settings["cosmic_rays"])
         mask[cr] |= int(Bit.COSMIC_RAY)
         steps.append("cosmic_rays")
+    repair = settings.get("bad_pixels", {}).get("repair", False)
+    if repair:
+        names = settings["bad_pixels"].get("repair_bits", ["BAD", "HOT", "DEAD", "COSMIC_RAY"])
+        bits = sum(int(Bit[n]) for n in names)
+        qa["repaired"] = repair_pixels(electrons, var, mask, bits)
+        steps.append("repair")
+        bad &= (mask & np.uint16(Bit.INTERPOLATED)) == 0
     electrons[bad] = np.nan
     var[bad] = np.nan
     qa["masked_fraction"] = float(np.count_nonzero(mask)) / mask.size

@@ -15,6 +15,7 @@ from imred.calib import (
     prepare_chip,
     read_noise_from_pairs,
     region_mask,
+    repair_pixels,
     subtract_overscan,
 )
 from imred.errors import ImredError
@@ -284,3 +285,20 @@ def test_a_cosmic_ray_in_one_of_three_darks_is_rejected_by_the_noise_model():
     assert master.data[40, 40] == pytest.approx(0.01, abs=5 * RN / t)
     off = make_master_dark(frames, [t] * 3, GAIN, {"combine": {"model_sigma": 0}}, read_noise=RN)
     assert off.data[40, 40] > 2.0  # 2000 e- / 3 frames / 300 s
+
+
+def test_repair_fills_flagged_pixels_from_good_neighbours():
+    rng = np.random.default_rng(12)
+    sci = (100 + rng.normal(0, 1, (50, 50))).astype(np.float32)
+    var = np.full((50, 50), 1.0, np.float32)
+    mask = np.zeros((50, 50), np.uint16)
+    sci[10, 10] = 5000.0
+    mask[10, 10] = Bit.COSMIC_RAY
+    sci[:, 30] = 0.0
+    mask[:, 30] = Bit.BAD
+    n = repair_pixels(sci, var, mask, int(Bit.COSMIC_RAY | Bit.BAD))
+    assert n == 51
+    assert sci[10, 10] == pytest.approx(100, abs=1.0)
+    assert np.abs(sci[:, 30] - 100).max() < 1.5
+    assert mask[10, 10] == Bit.COSMIC_RAY | Bit.INTERPOLATED  # the original bit is kept
+    assert (mask[:, 30] & Bit.INTERPOLATED).all()
