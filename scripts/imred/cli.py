@@ -6,6 +6,8 @@
     write a simulated raw night with its truth folder.
 ``imred score RESULTS TRUTH [--json OUT] [--markdown OUT]``
     measure a results folder against a simulated night's truth folder.
+``imred nonlinearity-cube READ... --time-keyword KW --out CUBE [--linear-max ADU]``
+    build a per-pixel non-linearity coefficient cube from an up-the-ramp series.
 ``imred check [CONFIG]``
     validate a config file and every instrument file it names.
 
@@ -58,6 +60,46 @@ def _score(args) -> int:
     return score.main(argv)
 
 
+def _nonlinearity_cube(args) -> int:
+    import numpy as np
+    from astropy.io import fits
+
+    from .fitsio import read_chip, write_atomic
+    from .nir import build_nonlinearity_cube
+
+    reads, times = [], []
+    for path in args.reads:
+        data, header = read_chip(path, args.extension)
+        if args.time_keyword not in header:
+            with fits.open(path) as hdul:
+                header = hdul[0].header
+        if args.time_keyword not in header:
+            raise ImredError(
+                f"{path}: no keyword {args.time_keyword} (the read's time since reset)"
+            )
+        reads.append(data)
+        times.append(float(header[args.time_keyword]))
+    order = np.argsort(times)
+    stack = np.stack([reads[i] for i in order]).astype(np.float32)
+    cube, bad = build_nonlinearity_cube(
+        stack,
+        [times[i] for i in order],
+        linear_max_adu=args.linear_max,
+        fit_range=(args.fit_min, args.fit_max),
+        order=args.order,
+    )
+    primary = fits.PrimaryHDU(cube.astype(np.float32))
+    primary.header["IMRTYPE"] = ("NLCUBE", "plane k multiplies data**k")
+    primary.header["NREADS"] = (len(args.reads), "reads used")
+    hdul = fits.HDUList([primary, fits.ImageHDU(bad.astype(np.uint8), name="BAD")])
+    write_atomic(args.out, lambda tmp: hdul.writeto(tmp))
+    print(
+        f"imred: wrote {args.out} ({int(bad.sum())} pixels flagged bad); name it in the "
+        "instrument file as detector.nonlinearity.coefficient_cube"
+    )
+    return 0
+
+
 def _check(args) -> int:
     from .config import load_config
     from .instrument import load_instrument
@@ -96,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the scores as JSON here")
     p.add_argument("--markdown", help="write the Markdown tables here")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "nonlinearity-cube", help="per-pixel non-linearity cube from an up-the-ramp series"
+    )
+    p.add_argument("reads", nargs="+", help="the reads (FITS files), any order")
+    p.add_argument("--time-keyword", default="INTTIME", help="time since reset (s) keyword")
+    p.add_argument("--extension", default="0", help="extension holding the image")
+    p.add_argument("--out", required=True, help="output FITS cube")
+    p.add_argument("--linear-max", type=float, default=10000.0, help="ADU still linear")
+    p.add_argument("--fit-min", type=float, default=2500.0)
+    p.add_argument("--fit-max", type=float, default=40000.0)
+    p.add_argument("--order", type=int, default=3)
+    p.set_defaults(func=_nonlinearity_cube)
 
     p = sub.add_parser("check", help="validate a config file and its instrument files")
     p.add_argument("config", nargs="?", default=Path("config/config.yaml"), type=Path)
