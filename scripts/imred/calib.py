@@ -331,34 +331,64 @@ def gain_from_flat_pairs(frames: list[np.ndarray], read_noise_adu: float) -> flo
     return float(np.median(values)) if values else float("nan")
 
 
+def difference_pairs(frames: list[np.ndarray]) -> tuple[list, list]:
+    """Twilight difference pairs: brightest half minus faintest half, level-sorted.
+
+    A difference of two flats keeps the illumination pattern that scales with the sky
+    and cancels what does not (dark, bias residuals, an additive glow). Frames are
+    sorted by median; frame i of the brighter half is paired with frame i of the
+    fainter half (largest level differences). Returns the differences and, for the
+    noise model, the sums of each pair.
+    """
+    order = sorted(range(len(frames)), key=lambda i: float(np.nanmedian(frames[i])), reverse=True)
+    half = len(order) // 2
+    diffs, sums = [], []
+    for hi, lo in zip(order[:half], order[half : 2 * half], strict=True):
+        diffs.append(frames[hi] - frames[lo])
+        sums.append(frames[hi] + frames[lo])
+    return diffs, sums
+
+
 def make_master_flat(
     frames: list[np.ndarray], settings: dict, read_noise_adu: float, gain: float
 ) -> Master:
     """Normalise each prepared flat (bias/dark-subtracted, ADU) by its median, combine.
 
     The master is renormalised to a median of 1; pixels below ``dead_threshold`` are
-    flagged DEAD. The gain is measured from flat pairs (photon transfer). The
+    flagged DEAD. With ``twilight_pairs``, differences of flat pairs are combined
+    instead (:func:`difference_pairs`). The gain is measured from flat pairs (photon
+    transfer). The
     uncertainty is the photon + read noise of the summed flats, relative:
     flat x sqrt(sum(S_i g + rn^2 g^2)) / sum(S_i g) with S_i each frame's signal (ADU).
     """
+    originals = frames
+    pairs = bool(settings.get("twilight_pairs")) and len(frames) >= 2
+    if pairs:
+        frames, sum_frames = difference_pairs(frames)
+    else:
+        sum_frames = frames
     medians = [float(np.nanmedian(f)) for f in frames]
     bad = [i for i, m in enumerate(medians) if not np.isfinite(m) or m <= 0]
     if bad:
         raise ImredError(f"flat frames {bad} have a median <= 0: cannot normalise them")
-    sigmas = [np.sqrt(np.clip(f, 0, None) / gain + read_noise_adu**2) for f in frames]
+    reads = 2 if pairs else 1  # read-noise terms per combined frame
+    sigmas = [np.sqrt(np.clip(t, 0, None) / gain + reads * read_noise_adu**2) for t in sum_frames]
     result = _combine(
         frames, settings.get("combine", {}), scales=[1.0 / m for m in medians], sigmas=sigmas
     )
     norm = float(np.nanmedian(result.data))
     data = result.data / np.float32(norm)
     signal_e = np.clip(data, 0, None) * np.float32(sum(medians) * gain)
-    noise_e = np.sqrt(signal_e + len(frames) * (read_noise_adu * gain) ** 2)
+    collected_e = np.clip(data, 0, None) * np.float32(
+        sum(float(np.nanmedian(t)) for t in sum_frames) * gain
+    )
+    noise_e = np.sqrt(collected_e + reads * len(frames) * (read_noise_adu * gain) ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         unc = np.where(signal_e > 0, data * noise_e / signal_e, np.nan).astype(np.float32)
     dead = data < settings.get("dead_threshold", 0.5)
     mask = np.where(dead, int(Bit.DEAD), 0).astype(np.uint16)
     mask[~np.isfinite(data)] |= int(Bit.NO_DATA)
-    gain = gain_from_flat_pairs(frames, read_noise_adu)
+    gain = gain_from_flat_pairs(originals, read_noise_adu)
     qa = {
         "ncombine": len(frames),
         "levels_adu": medians,

@@ -302,3 +302,19 @@ def test_repair_fills_flagged_pixels_from_good_neighbours():
     assert np.abs(sci[:, 30] - 100).max() < 1.5
     assert mask[10, 10] == Bit.COSMIC_RAY | Bit.INTERPOLATED  # the original bit is kept
     assert (mask[:, 30] & Bit.INTERPOLATED).all()
+
+
+def test_twilight_difference_pairs_cancel_an_additive_glow():
+    rng = np.random.default_rng(13)
+    truth = 1 + 0.05 * np.linspace(-1, 1, NX)[None, :] * np.ones((NY, 1))
+    glow = 300.0 * np.exp(-((np.arange(NY)[:, None] - 60) ** 2) / 800.0) * np.ones((1, NX))
+    levels = [30000.0, 24000.0, 12000.0, 9000.0]  # a falling twilight sky (e-)
+    frames = [prep(raw_frame(rng, lv * truth + glow * GAIN)).data for lv in levels]
+    settings = {"dead_threshold": 0.5, "combine": {}}
+    plain = make_master_flat(frames, settings, RN / GAIN, GAIN)
+    paired = make_master_flat(frames, settings | {"twilight_pairs": True}, RN / GAIN, GAIN)
+    ref = truth / np.median(truth)
+    err_plain = np.std(plain.data / ref - 1)
+    err_pairs = np.std(paired.data / ref - 1)
+    assert err_plain > 0.005  # the glow does not scale with the sky: it biases the flat
+    assert err_pairs < 1.3 * np.median(paired.unc)  # pairs: only noise, as predicted
