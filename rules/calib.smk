@@ -21,7 +21,8 @@ rule master_bias:
         code=code("master_bias.py"),
         rows=master_rows("bias"),
         chip=chip_spec,
-        settings=calib_settings("overscan", "combine"),
+        detector=detector_spec,
+        settings=calib_settings("overscan", "reference_pixels", "combine"),
     script:
         "../scripts/master_bias.py"
 
@@ -46,8 +47,10 @@ rule master_dark:
         code=code("master_dark.py"),
         rows=master_rows("dark"),
         chip=chip_spec,
-        nonlinearity=nonlinearity_spec,
-        settings=calib_settings("overscan", "nonlinearity", "combine", "dark"),
+        detector=detector_spec,
+        settings=calib_settings(
+            "overscan", "reference_pixels", "nonlinearity", "combine", "dark"
+        ),
     script:
         "../scripts/master_dark.py"
 
@@ -72,10 +75,15 @@ rule master_flat:
         code=code("master_flat.py"),
         rows=master_rows("flat"),
         chip=chip_spec,
-        nonlinearity=nonlinearity_spec,
+        detector=detector_spec,
         limits=flat_limits,
         settings=calib_settings(
-            "overscan", "nonlinearity", "combine", "flat", "bad_pixels"
+            "overscan",
+            "reference_pixels",
+            "nonlinearity",
+            "combine",
+            "flat",
+            "bad_pixels",
         ),
     script:
         "../scripts/master_flat.py"
@@ -124,8 +132,10 @@ rule calibrate:
         code=code("calibrate.py"),
         row=frame_row,
         chip=chip_spec,
-        nonlinearity=nonlinearity_spec,
+        detector=detector_spec,
         regions=user_regions,
-        settings=calib_settings("overscan", "nonlinearity", "cosmic_rays", "bad_pixels"),
+        settings=calib_settings(
+            "overscan", "reference_pixels", "nonlinearity", "cosmic_rays", "bad_pixels"
+        ),
     script:
         "../scripts/calibrate.py"

@@ -27,7 +27,7 @@ wildcard_constraints:
 
 
 def code(script):
-    """Hash of a rule script and the library code it runs (a params value: edits re-run)."""
+    """Hash of a job script and the library code it runs (as params, edits re-run it)."""
     return code_hash(str(Path(workflow.basedir) / "scripts" / script))
 
 
@@ -117,11 +117,24 @@ def calib_settings(*keys):
     return {key: CAL[key] for key in keys}
 
 
-def nonlinearity_spec(wildcards):
-    """The instrument's non-linearity correction (None when switched off)."""
-    if not CAL["nonlinearity"]["enabled"]:
-        return None
-    return RUN.instruments[wildcards.instrument].detector.get("nonlinearity")
+def detector_spec(wildcards):
+    """How the chip's detector is corrected: non-linearity and NIR reference pixels."""
+    inst = RUN.instruments[wildcards.instrument]
+    chip = inst.chip(wildcards.chip)
+    nonlinearity = (
+        inst.detector.get("nonlinearity") if CAL["nonlinearity"]["enabled"] else None
+    )
+    kind = inst.chip_value(chip, "kind") or inst.detector["kind"]
+    width = inst.detector.get("reference_pixels") or 0
+    reference = None
+    if kind.startswith("nir") and width and CAL["reference_pixels"]["enabled"]:
+        reference = {
+            "mode": CAL["reference_pixels"]["mode"],
+            "smooth_sigma": CAL["reference_pixels"]["smooth_sigma"],
+            "width": width,
+            "outputs": inst.detector.get("outputs") or 1,
+        }
+    return {"nonlinearity": nonlinearity, "reference": reference}
 
 
 def _master_key(kind, wildcards):

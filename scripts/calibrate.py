@@ -17,7 +17,7 @@ def main(smk):
         smk.params.row | {"path": smk.input.raw},
         smk.params.chip,
         smk.params.settings,
-        smk.params.nonlinearity,
+        smk.params.detector,
         masters,
         smk.params.regions,
     )

@@ -12,7 +12,12 @@ from imred.scripting import run_rule
 def main(smk):
     w = smk.wildcards
     master, header = build_master_bias(
-        smk.params.rows, smk.params.chip, w.night, w.setup, smk.params.settings, None
+        smk.params.rows,
+        smk.params.chip,
+        w.night,
+        w.setup,
+        smk.params.settings,
+        smk.params.detector,
     )
     write_image_product(
         smk.output[0], header, master.data, unc=master.unc, mask=master.mask, unit="adu"

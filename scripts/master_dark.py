@@ -17,7 +17,7 @@ def main(smk):
         w.night,
         w.setup,
         smk.params.settings,
-        smk.params.nonlinearity,
+        smk.params.detector,
         smk.input.get("bias"),
     )
     write_image_product(

@@ -18,7 +18,7 @@ def main(smk):
         w.setup,
         w.band,
         smk.params.settings,
-        smk.params.nonlinearity,
+        smk.params.detector,
         smk.input.get("bias"),
         smk.input.get("dark"),
         min_frames=smk.params.limits["min_frames"],

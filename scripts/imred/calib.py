@@ -30,7 +30,7 @@ from .combine import combine_arrays
 from .errors import ImredError
 from .instrument import Chip
 from .mask import Bit
-from .nir import correct_nonlinearity
+from .nir import correct_nonlinearity, correct_reference_pixels
 from .sections import parse_section
 
 
@@ -127,11 +127,14 @@ def prepare_chip(
     saturation: float,
     overscan: dict,
     nonlinearity: dict | None,
+    reference: dict | None = None,
 ) -> Prepared:
-    """Overscan -> trim -> non-linearity: a raw chip in ADU on the trimmed grid.
+    """Overscan or reference pixels -> trim -> non-linearity: ADU on the trimmed grid.
 
     ``overscan`` is the config block (``enabled``, ``method``, ``fit_order``);
-    ``nonlinearity`` the instrument's ``detector.nonlinearity`` (or None to skip).
+    ``nonlinearity`` the instrument's ``detector.nonlinearity`` (or None to skip);
+    ``reference`` the NIR reference-pixel correction (``mode``, ``width``,
+    ``outputs``, ``smooth_sigma``; :func:`imred.nir.correct_reference_pixels`) or None.
     Saturation is judged on the raw values (ADU, bias included).
     """
     if raw.ndim != 2:
@@ -141,7 +144,16 @@ def prepare_chip(
     saturated = raw[rows, cols] >= saturation
     levels = {}
     data = raw.astype(np.float32)
-    if overscan.get("enabled", True) and any(a.get("overscan") for a in chip.amplifiers):
+    if reference and reference.get("width", 0) > 0:
+        data = correct_reference_pixels(
+            raw,
+            reference.get("mode", "ramp"),
+            width=int(reference["width"]),
+            n_outputs=int(reference.get("outputs") or 1),
+            smooth_sigma=float(reference.get("smooth_sigma", 7.0)),
+        ).astype(np.float32)
+        steps.append(f"reference:{reference.get('mode', 'ramp')}")
+    elif overscan.get("enabled", True) and any(a.get("overscan") for a in chip.amplifiers):
         data, levels = subtract_overscan(
             raw, chip, binning, overscan.get("method", "median"), overscan.get("fit_order", 3)
         )

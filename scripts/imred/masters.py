@@ -8,7 +8,9 @@ measured numbers). Writing is left to the rule scripts (:mod:`imred.products`).
 Rows are observation-log rows (dicts with ``path``, ``extension``, ``binning``,
 ``exptime``, ``gain``, ``read_noise``, ``saturation``, ...). ``chip`` is the chip's
 description from the instrument file (a dict, as the workflow passes it);
-``nonlinearity`` the instrument's ``detector.nonlinearity`` block.
+``detector`` says how the chip's detector is corrected: ``{"nonlinearity": the
+instrument's detector.nonlinearity block or None, "reference": the NIR
+reference-pixel correction or None}``.
 """
 
 from __future__ import annotations
@@ -45,11 +47,14 @@ def _binning(row: dict) -> tuple[int, int]:
     return bx, by
 
 
-def _prepare(row: dict, chip: Chip, settings: dict, nonlinearity: dict | None) -> Prepared:
+def _prepare(row: dict, chip: Chip, settings: dict, detector: dict | None) -> Prepared:
     raw, _ = read_chip(row["path"], row["extension"])
     if not np.isfinite(raw).any() or not np.any(raw):
         raise ImredError(f"{row['path']} [{row['chip']}]: the image is all zero or not finite")
-    nl = nonlinearity if settings.get("nonlinearity", {}).get("enabled", True) else None
+    detector = detector or {}
+    nl = detector.get("nonlinearity")
+    if not settings.get("nonlinearity", {}).get("enabled", True):
+        nl = None
     return prepare_chip(
         raw,
         chip,
@@ -57,6 +62,7 @@ def _prepare(row: dict, chip: Chip, settings: dict, nonlinearity: dict | None) -
         saturation=float(row["saturation"]),
         overscan=settings.get("overscan", {}),
         nonlinearity=nl,
+        reference=detector.get("reference"),
     )
 
 
@@ -115,11 +121,12 @@ def _load_master(path: str | None):
     )
 
 
-def build_master_bias(rows, chip: dict, night, setup, settings, nonlinearity):
+def build_master_bias(rows, chip: dict, night, setup, settings, detector):
     """Master bias (ADU) of one night x chip x setup, with read noise from pairs."""
     chip = Chip(**chip)
     _check_same(rows, f"bias frames of chip {chip.name}, night {night}")
-    prepared = [_prepare(r, chip, settings, None) for r in rows]
+    no_nl = {**(detector or {}), "nonlinearity": None}  # a bias has no signal to linearise
+    prepared = [_prepare(r, chip, settings, no_nl) for r in rows]
     gain = float(rows[0]["gain"])
     master = make_master_bias(
         [p.data for p in prepared], gain, settings, read_noise=float(rows[0]["read_noise"])
@@ -141,12 +148,12 @@ def _subtract_bias(p: Prepared, bias) -> np.ndarray:
     return p.data - bias[0]
 
 
-def build_master_dark(rows, chip: dict, night, setup, settings, nonlinearity, bias_path):
+def build_master_dark(rows, chip: dict, night, setup, settings, detector, bias_path):
     """Master dark rate (e-/s) from bias-subtracted darks."""
     chip = Chip(**chip)
     _check_same(rows, f"dark frames of chip {chip.name}, night {night}")
     bias = _load_master(bias_path)
-    prepared = [_prepare(r, chip, settings, nonlinearity) for r in rows]
+    prepared = [_prepare(r, chip, settings, detector) for r in rows]
     frames = [_subtract_bias(p, bias) for p in prepared]
     master = make_master_dark(
         frames,
@@ -169,7 +176,7 @@ def build_master_flat(
     setup,
     band,
     settings,
-    nonlinearity,
+    detector,
     bias_path,
     dark_path,
     min_frames: int,
@@ -185,7 +192,7 @@ def build_master_flat(
     lo, hi = flat_level
     kept, frames, reasons = [], [], []
     for r in rows:
-        p = _prepare(r, chip, settings, nonlinearity)
+        p = _prepare(r, chip, settings, detector)
         level = float(np.nanmedian(p.data))
         sat = float(r["saturation"])
         frac_sat = float(p.saturated.mean())
@@ -240,11 +247,11 @@ def build_master_flat(
 
 
 def build_calibrated(
-    row, chip: dict, settings, nonlinearity, masters: dict, regions: dict | None = None
+    row, chip: dict, settings, detector, masters: dict, regions: dict | None = None
 ) -> tuple[Calibrated, fits.Header]:
     """Calibrate one frame x chip with the masters ``{"bias"|"dark"|"flat": path}``."""
     chip = Chip(**chip)
-    p = _prepare(row, chip, settings, nonlinearity)
+    p = _prepare(row, chip, settings, detector)
     static = np.zeros(p.data.shape, dtype=np.uint16)
     rows_s, cols_s = trim_section(chip, (int(row["ny"]), int(row["nx"])), _binning(row))
     if chip.static_mask:

@@ -60,7 +60,7 @@ def main():
     row = next(r for r in rows if r["frame"] == row["frame"] and r["chip"] == row["chip"])
     chip = {k: v for k, v in vars(run.instruments["demo"].chip(row["chip"])).items()}
     settings = run.config["calibration"]
-    nl = run.instruments["demo"].detector.get("nonlinearity")
+    nl = {"nonlinearity": run.instruments["demo"].detector.get("nonlinearity")}
     t_np = best(lambda: plain_numpy(row["path"], row["extension"], masters, row["gain"],
                                     row["read_noise"], row["exptime"]))  # fmt: skip
     no_cr = settings | {"cosmic_rays": settings["cosmic_rays"] | {"enabled": False}}

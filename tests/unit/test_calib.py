@@ -318,3 +318,22 @@ def test_twilight_difference_pairs_cancel_an_additive_glow():
     err_pairs = np.std(paired.data / ref - 1)
     assert err_plain > 0.005  # the glow does not scale with the sky: it biases the flat
     assert err_pairs < 1.3 * np.median(paired.unc)  # pairs: only noise, as predicted
+
+
+def test_nir_reference_pixels_replace_the_overscan():
+    rng = np.random.default_rng(14)
+    n, width = 64, 4
+    signal = np.zeros((n, n))
+    signal[width:-width, width:-width] = 500.0
+    y = np.arange(n)[:, None]
+    drift = np.where(np.arange(n)[None, :] < n // 2, 100 + 0.5 * y, 300 - 0.3 * y)  # 2 outputs
+    raw = signal + drift + rng.normal(0, 2.0, (n, n))
+    chip = Chip(name="h2rg", trimsec=f"[{width + 1}:{n - width},{width + 1}:{n - width}]")
+    reference = {"mode": "ramp", "width": width, "outputs": 2, "smooth_sigma": 7.0}
+    p = prepare_chip(raw, chip, (1, 1), saturation=60000, overscan={}, nonlinearity=None,
+                     reference=reference)  # fmt: skip
+    assert p.data.shape == (n - 2 * width, n - 2 * width)
+    assert p.steps[0] == "reference:ramp"
+    assert np.abs(p.data - 500).mean() < 2.0  # the drifts (100-320 ADU) are gone
+    plain = prepare_chip(raw, chip, (1, 1), saturation=6e4, overscan={}, nonlinearity=None)
+    assert np.abs(plain.data - 500).mean() > 100  # without reference pixels they stay
