@@ -42,8 +42,9 @@ the clipping limits: they are finished after that single pass. The others (~4 % 
 20 frames: an outlier, a mask, a NaN) are gathered and combined by the full
 iteration, in float64, on values sorted per pixel; :func:`_reference_combine` is the
 plain NaN-masked version the tests compare both against. Results agree with it
-within float32 rounding (a value within rounding of a clipping limit could go either
-way). ``threads`` > 1 splits each slab between threads while the next one is read.
+within float32 rounding. It runs in one thread: threads tried on this kernel (~300
+short numpy calls per chunk) spent their time handing over the GIL (twice the CPU
+time, no faster).
 """
 
 from __future__ import annotations
@@ -52,10 +53,8 @@ import math
 import mmap
 import numbers
 import os
-import threading
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -77,8 +76,12 @@ MAX_FRAMES = np.iinfo(np.int16).max  # n_used is int16
 # enough that the chunk, the selection network's rows and the sums stay in L2 cache.
 _CHUNK_BYTES = 1280 * 1024
 _MIN_CHUNK, _MAX_CHUNK = 1024, 32768
-# Pixels sent to the exact path at once (float64 copies: ~10 x 8 bytes x n_frames each).
+# Pixels sent to the exact path at once (its scratch: up to ~80 bytes per value).
 _EXACT_BATCH = 16384
+# Relative distance to a clipping limit below which the one-pass kernel (float32)
+# leaves the decision to the exact path (float64): ~100x the float32 rounding of the
+# limits, reached by ~1e-4 of the pixels.
+_MARGIN = 1e-5
 # Largest row slab (bytes of float32 frames): bigger ones only add memory.
 _MAX_SLAB_BYTES = 8 * 2**20
 
@@ -119,7 +122,6 @@ def combine_arrays(
     weights: Sequence[float] | None = None,
     masks: Sequence[np.ndarray] | None = None,
     memory_mb: float = 1024,
-    threads: int = 1,
 ) -> CombineResult:
     """Sigma-clipped mean or median of frames held in memory.
 
@@ -146,10 +148,8 @@ def combine_arrays(
         Boolean ``(ny, nx)`` per frame, True where the pixel is bad (excluded).
     memory_mb : float
         Working-set budget in MiB for the row slabs and scratch space, besides the
-        caller's frames and the outputs (10 bytes per pixel).
-    threads : int
-        Worker threads for the arithmetic (numpy releases the GIL); give the rule's
-        ``threads``.
+        caller's frames and the outputs (10 bytes per pixel). A bound, not a target:
+        slabs stop at 8 MiB, beyond which they gain nothing.
 
     Returns
     -------
@@ -182,7 +182,7 @@ def combine_arrays(
                 raise ImredError(f"the mask of {label} has shape {m.shape}, its frame {shape}")
     opts = _Options.check(
         len(arrays), labels, method, sigma_lower, sigma_upper, maxiters, scales, weights,
-        memory_mb, threads,
+        memory_mb,
     )  # fmt: skip
 
     def read(i: int, r0: int, r1: int, out: np.ndarray) -> None:
@@ -205,15 +205,14 @@ def combine_files(
     scales: Sequence[float] | None = None,
     weights: Sequence[float] | None = None,
     memory_mb: float = 1024,
-    threads: int = 1,
 ) -> CombineResult:
     """Sigma-clipped mean or median of the images in FITS files, read in row slabs.
 
     A slab of rows of every frame at a time: plain images through a memory map whose
     pages are released after each slab, compressed or scaled ones through
-    ``hdu.section``. Peak memory is the outputs (10 bytes per pixel) plus about
-    ``memory_mb``, whatever the number of frames. Options are those of
-    :func:`combine_arrays`.
+    ``hdu.section``. Peak memory is the outputs (10 bytes per pixel) plus at most
+    about ``memory_mb`` (in practice a few tens of MiB), whatever the number of
+    frames. Options are those of :func:`combine_arrays`.
 
     Parameters
     ----------
@@ -240,7 +239,7 @@ def combine_files(
     labels = [str(p) for p in paths]
     opts = _Options.check(
         len(paths), labels, method, sigma_lower, sigma_upper, maxiters, scales, weights,
-        memory_mb, threads,
+        memory_mb,
     )  # fmt: skip
     with ExitStack() as stack, warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
@@ -368,11 +367,10 @@ class _Options:
     scales: np.ndarray  # float32 (n,)
     weights: np.ndarray | None  # float64 (n,)
     memory_bytes: int
-    threads: int
 
     @classmethod
     def check(cls, n, labels, method, sigma_lower, sigma_upper, maxiters, scales, weights,
-              memory_mb, threads) -> _Options:  # fmt: skip
+              memory_mb) -> _Options:  # fmt: skip
         if n > MAX_FRAMES:
             raise ImredError(f"{n} frames: combine at most {MAX_FRAMES} at once")
         if method not in METHODS:
@@ -388,8 +386,6 @@ class _Options:
             raise ImredError(f"maxiters must be an integer >= 0, got {maxiters!r}")
         if not (_is_number(memory_mb) and np.isfinite(memory_mb) and memory_mb > 0):
             raise ImredError(f"memory_mb must be a number > 0, got {memory_mb!r}")
-        if not _is_integer(threads) or threads < 1:
-            raise ImredError(f"threads must be an integer >= 1, got {threads!r}")
         scale_arr = np.ones(n, np.float32)
         if scales is not None:
             given = _per_frame(scales, n, "scale")
@@ -410,7 +406,7 @@ class _Options:
                     raise ImredError(f"{label} has weight {w}: weights must be finite and > 0 "
                                      "(leave a frame out rather than give it weight 0)")  # fmt: skip
         return cls(n, method, sigmas[0], sigmas[1], int(maxiters), scale_arr, weight_arr,
-                   int(memory_mb * 2**20), int(threads))  # fmt: skip
+                   int(memory_mb * 2**20))  # fmt: skip
 
 
 def _is_number(value) -> bool:
@@ -450,26 +446,24 @@ def _chunk_pixels(n: int) -> int:
 @dataclass
 class _Plan:
     rows: int  # rows per slab
-    n_buffers: int  # slab buffers (2: one is read while threads work on the other)
     chunk: int  # pixels per cache-sized chunk
-    exact_batch: int  # pixels gathered before a call of the exact path
+    exact_batch: int  # pixels per call of the exact path
 
 
 def _plan(opts: _Options, ny: int, nx: int, mask_bytes: int) -> _Plan:
-    """Split ``memory_mb`` between slabs and per-thread scratch: the network's rows
+    """Split ``memory_mb`` between the slab and scratch: the network's rows
     ((n + 1) x chunk float32) and the exact path's arrays (~80 bytes per value, for at
-    most ``exact_batch`` pixels) take at most a quarter each; slabs get the rest, up to
-    _MAX_SLAB_BYTES each."""
-    n, threads, budget = opts.n, opts.threads, opts.memory_bytes
-    chunk = int(min(_chunk_pixels(n), max(64, budget // (16 * (n + 1) * threads))))
-    exact_batch = int(min(_EXACT_BATCH, max(64, budget // (4 * 80 * n * threads))))
-    scratch = threads * ((n + 1) * chunk * 4 + 80 * n * exact_batch)
-    n_buffers = 1 if threads == 1 else 2
-    # per row: the float32 slabs, a row as read (float64 at worst) and a mask row
-    row_bytes = nx * (n_buffers * n * 4 + 8 + mask_bytes)
-    slab_budget = min(budget - scratch, n_buffers * _MAX_SLAB_BYTES)
+    most ``exact_batch`` pixels) take at most a quarter each; the slab gets the rest,
+    up to _MAX_SLAB_BYTES."""
+    n, budget = opts.n, opts.memory_bytes
+    chunk = int(min(_chunk_pixels(n), max(64, budget // (16 * (n + 1)))))
+    exact_batch = int(min(_EXACT_BATCH, max(64, budget // (4 * 80 * n))))
+    scratch = (n + 1) * chunk * 4 + 80 * n * exact_batch
+    # per row: the float32 slab, a row as read (float64 at worst) and a mask row
+    row_bytes = nx * (n * 4 + 8 + mask_bytes)
+    slab_budget = min(budget - scratch, _MAX_SLAB_BYTES)
     rows = int(np.clip(slab_budget // max(row_bytes, 1), 1, max(ny, 1)))
-    return _Plan(rows, n_buffers, chunk, exact_batch)
+    return _Plan(rows, chunk, exact_batch)
 
 
 def _combine(read, shape: tuple[int, int], opts: _Options, *, mask_bytes: int) -> CombineResult:
@@ -477,53 +471,22 @@ def _combine(read, shape: tuple[int, int], opts: _Options, *, mask_bytes: int) -
     (scaled, float32, NaN where masked)."""
     n, (ny, nx) = opts.n, shape
     plan = _plan(opts, ny, nx, mask_bytes)
-    rows = plan.rows
-
     data = np.empty((ny, nx), np.float32)
     unc = np.empty((ny, nx), np.float32)
     n_used = np.empty((ny, nx), np.int16)
-    buffers = [np.empty((n, rows, nx), np.float32) for _ in range(plan.n_buffers)]
-    slabs = [(r0, min(r0 + rows, ny)) for r0 in range(0, ny, rows)]
-    counts = np.zeros(2, np.int64)  # values offered, values rejected
-
-    def job(x, r0, r1, p0, p1):
-        flat = slice(p0, p1)
-        offered, rejected = _combine_pixels(
-            x[:, flat], opts, plan, data[r0:r1].reshape(-1)[flat],
-            unc[r0:r1].reshape(-1)[flat], n_used[r0:r1].reshape(-1)[flat],
-        )  # fmt: skip
-        return offered, rejected
-
-    def split(r0, r1):
-        npix = (r1 - r0) * nx
-        per = max(plan.chunk, -(-npix // opts.threads))
-        return [(p, min(p + per, npix)) for p in range(0, npix, per)]
-
+    buffer = np.empty((n, plan.rows, nx), np.float32)
+    scratch = _Scratch()
+    offered = rejected = 0
     with np.errstate(all="ignore"):
-        if opts.threads == 1:
-            for r0, r1 in slabs:
-                x = _read_slab(read, buffers[0], n, r0, r1)
-                counts += job(x, r0, r1, 0, (r1 - r0) * nx)
-        else:
-            with ThreadPoolExecutor(opts.threads) as pool:
-                pending: list[list] = [[] for _ in buffers]
-                for k, (r0, r1) in enumerate(slabs):
-                    b = k % plan.n_buffers
-                    for fut in pending[b]:  # this buffer's previous slab must be done
-                        counts += fut.result()
-                    x = _read_slab(read, buffers[b], n, r0, r1)
-                    pending[b] = [pool.submit(_errstate_job, job, x, r0, r1, p0, p1)
-                                  for p0, p1 in split(r0, r1)]  # fmt: skip
-                for futs in pending:
-                    for fut in futs:
-                        counts += fut.result()
-    offered, rejected = (int(c) for c in counts)
+        for r0 in range(0, ny, plan.rows):
+            r1 = min(r0 + plan.rows, ny)
+            x = _read_slab(read, buffer, n, r0, r1)
+            o, r = _combine_pixels(
+                x, opts, plan, scratch, data[r0:r1].reshape(-1), unc[r0:r1].reshape(-1),
+                n_used[r0:r1].reshape(-1),
+            )  # fmt: skip
+            offered, rejected = offered + o, rejected + r
     return CombineResult(data, unc, n_used, rejected / offered if offered else 0.0)
-
-
-def _errstate_job(job, *args):
-    with np.errstate(all="ignore"):  # errstate is per thread
-        return job(*args)
 
 
 def _read_slab(read, buffer: np.ndarray, n: int, r0: int, r1: int) -> np.ndarray:
@@ -533,14 +496,20 @@ def _read_slab(read, buffer: np.ndarray, n: int, r0: int, r1: int) -> np.ndarray
 
 
 # ------------------------------------------------------------------ fast kernel
-_local = threading.local()
+class _Scratch:
+    """Reusable arrays for one combination: allocating them per chunk would page-fault
+    fresh memory every time (slow, worst in a VM)."""
 
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
 
-def _workspace(n: int, chunk: int) -> np.ndarray:
-    ws = getattr(_local, "ws", None)
-    if ws is None or ws.shape != (n + 1, chunk):
-        ws = _local.ws = np.empty((n + 1, chunk), np.float32)
-    return ws
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A C-contiguous array of ``shape`` (contents undefined)."""
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
 
 
 def _batcher_pairs(n: int) -> list[tuple[int, int]]:
@@ -600,15 +569,18 @@ def _run_network(rows: list[np.ndarray], owned: list[bool], free: list[np.ndarra
             rows[b], owned[b] = hi, True
 
 
-def _combine_pixels(x, opts: _Options, plan: _Plan, data, unc, n_used) -> tuple[int, int]:
+def _combine_pixels(
+    x, opts: _Options, plan: _Plan, scratch: _Scratch, data, unc, n_used
+) -> tuple[int, int]:
     """Combine the pixels of one slab part ``x`` (n, npix) into the flat output views;
     returns (values offered, values rejected).
 
     Chunk by chunk through the one-pass kernel; the pixels it leaves are gathered and
     sent to the exact path in batches (its per-call overhead is large)."""
     n, npix = x.shape
-    chunk = plan.chunk
-    ws = _workspace(n, chunk)
+    n_chunks = max(1, -(-npix // plan.chunk))
+    chunk = max(1, -(-npix // n_chunks))  # equal chunks: no small one at the end
+    ws = scratch.get("network", (n + 1, chunk), np.float32)
     offered = rejected = 0
     pending: list[np.ndarray] = []
     n_pending = 0
@@ -623,16 +595,16 @@ def _combine_pixels(x, opts: _Options, plan: _Plan, data, unc, n_used) -> tuple[
             pending_idx = np.concatenate(pending)
             for b0 in range(0, pending_idx.size, plan.exact_batch):
                 idx = pending_idx[b0 : b0 + plan.exact_batch]
-                res = _combine_exact(_gather_columns(x, idx), opts)
+                res = _combine_exact(_gather_columns(x, idx, scratch), opts, scratch)
                 data[idx], unc[idx], n_used[idx] = res.data, res.uncertainty, res.n_used
                 offered, rejected = offered + res.offered, rejected + res.rejected
             pending, n_pending = [], 0
     return offered, rejected
 
 
-def _gather_columns(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _gather_columns(x: np.ndarray, idx: np.ndarray, scratch: _Scratch) -> np.ndarray:
     """``x[:, idx]`` as a C-ordered array (fancy indexing of a strided view is not)."""
-    out = np.empty((x.shape[0], idx.size), x.dtype)
+    out = scratch.get("gathered", (x.shape[0], idx.size), x.dtype)
     for i in range(x.shape[0]):
         np.take(x[i], idx, out=out[i])
     return out
@@ -662,11 +634,18 @@ def _combine_chunk(x, opts: _Options, ws, data, unc, n_used) -> np.ndarray:
     std -= (s1 / n) ** 2
     np.maximum(std, 0, out=std)
     np.sqrt(std, out=std)
-    good = np.isfinite(s1)  # every value finite (NaN = masked)
-    if clip_low:
-        good &= xmin >= med - np.float32(opts.sigma_lower) * std
-    if clip_high:
-        good &= xmax <= med + np.float32(opts.sigma_upper) * std
+    good = np.isfinite(s2)  # every value finite (NaN = masked), no float32 overflow
+    if clip_low or clip_high:
+        # Limits carry float32 rounding: an extreme within _MARGIN (relative) of one is
+        # decided by the exact path in float64. A constant pixel clips nothing.
+        margin = np.abs(med)
+        margin += np.float32(max(opts.sigma_lower or 0, opts.sigma_upper or 0)) * std
+        margin *= np.float32(_MARGIN)
+        flat = std == 0
+        if clip_low:
+            good &= (xmin - margin >= med - np.float32(opts.sigma_lower) * std) | flat
+        if clip_high:
+            good &= (xmax + margin <= med + np.float32(opts.sigma_upper) * std) | flat
 
     # Right for the good pixels (all n values kept); the others are overwritten later.
     if opts.method == "median":
@@ -704,69 +683,88 @@ class _Exact:
     rejected: int
 
 
-def _combine_exact(y: np.ndarray, opts: _Options) -> _Exact:
-    """The full algorithm for the pixels (columns) of ``y`` (n, m).
+def _combine_exact(y: np.ndarray, opts: _Options, scratch: _Scratch | None = None) -> _Exact:
+    """The full algorithm for the pixels (columns) of ``y`` (n, m); ``y`` is overwritten.
 
     Values are sorted per pixel, bad ones as +inf at the end (the sorting network, or
-    an argsort when weights must follow). The kept values are then always a run
-    ``lo <= k < hi`` of the sorted ones, and float64 prefix sums of their deviations
-    from the first median give any run's mean and variance: an iteration is a few
-    gathers and counts, for the pixels whose run changed in the previous one."""
+    an argsort when weights must follow): the kept values are then always a run
+    ``lo <= k < hi`` of the sorted ones, so a median is a gather and a clipping limit
+    a count. Sums are of float64 deviations from the first median, two-pass where a
+    run excludes values (a huge rejected value would swamp running sums). After the
+    first iteration only the pixels whose run changed are iterated."""
+    scratch = scratch or _Scratch()
     n, m = y.shape
-    finite = np.isfinite(y)
-    n_valid = finite.sum(axis=0)
-    v = np.where(finite, y, np.float32(np.inf))
+    flags = scratch.get("flags", (n, m), bool)
+    np.isfinite(y, out=flags)
+    n_valid = flags.sum(axis=0)
+    np.logical_not(flags, out=flags)
+    np.copyto(y, np.float32(np.inf), where=flags)
+    s = scratch.get("sorted", (n, m), np.float64)
     if opts.weights is None:
-        rows = list(v)
-        _run_network(rows, [True] * n, [np.empty(m, np.float32)], _network(n, frozenset(range(n))))
-        s = np.array(rows, dtype=np.float64)
+        rows = list(y)
+        spare = [scratch.get("spare", (m,), np.float32)]
+        _run_network(rows, [True] * n, spare, _network(n, frozenset(range(n))))
+        for i, row in enumerate(rows):
+            s[i] = row
         w = None
     else:
-        order = np.argsort(v, axis=0)
-        s = np.take(v, order * m + np.arange(m)).astype(np.float64)
+        order = np.argsort(y, axis=0)
+        s[...] = np.take(y, order * m + np.arange(m))
         w = opts.weights[order]
     flat = s.reshape(-1)
     cols = np.arange(m)
+    rank = np.arange(n)[:, None]
     lo = np.zeros(m, np.intp)
     hi = n_valid.astype(np.intp)
     ref = np.where(n_valid > 0, _median_of_run(flat, m, lo, hi, cols), 0.0)
-    dev = s - ref  # +inf for bad values, never summed: runs end at n_valid
-    c1 = _prefix_sum(dev).reshape(-1)
-    np.square(dev, out=dev)
-    c2 = _prefix_sum(dev).reshape(-1)
+    dev = scratch.get("dev", (n, m), np.float64)
+    np.subtract(s, ref, out=dev)
+    np.isinf(dev, out=flags)
+    np.copyto(dev, 0.0, where=flags)  # bad values: 0, outside every run anyway
 
     active = np.flatnonzero(n_valid > 0)
-    for _ in range(opts.maxiters):
+    for iteration in range(opts.maxiters):
         if not active.size:
             break
-        la, ha = lo[active], hi[active]
-        k = ha - la
-        mean = (c1.take(ha * m + active) - c1.take(la * m + active)) / k
-        var = (c2.take(ha * m + active) - c2.take(la * m + active)) / k - mean**2
-        std = np.sqrt(np.maximum(var, 0))
-        centre = _median_of_run(flat, m, la, ha, active)
-        sa = s if active.size == m else s[:, active]
+        if iteration == 0:  # every valid value kept: plain sums
+            la, ha = lo[active], hi[active]
+            mean = dev.sum(axis=0)[active] / ha
+            std = np.einsum("ij,ij->j", dev, dev)[active] / ha - mean**2
+            np.sqrt(np.maximum(std, 0, out=std), out=std)
+            sa = s if active.size == m else s[:, active]
+        elif 2 * active.size > m:  # recomputing every pixel is cheaper than gathering
+            la, ha = lo, hi
+            mean, std = _run_stats(dev, lo, hi, rank, ddof=0, scratch=scratch)
+            sa = s
+        else:
+            la, ha = lo[active], hi[active]
+            mean, std = _run_stats(dev[:, active], la, ha, rank, ddof=0)
+            sa = s[:, active]
+        centre = _median_of_run(flat, m, la, ha, active if sa is not s else cols)
+        cmp = flags if sa is s else None
         new_lo, new_hi = la, ha
         if opts.sigma_lower is not None:
-            new_lo = np.maximum(la, (sa < centre - opts.sigma_lower * std).sum(axis=0))
+            cmp = np.less(sa, centre - opts.sigma_lower * std, out=cmp)
+            new_lo = np.maximum(la, cmp.sum(axis=0))
         if opts.sigma_upper is not None:
-            new_hi = np.minimum(ha, (sa <= centre + opts.sigma_upper * std).sum(axis=0))
+            cmp = np.less_equal(sa, centre + opts.sigma_upper * std, out=cmp)
+            new_hi = np.minimum(ha, cmp.sum(axis=0))
+        if sa is s and active.size < m:  # computed for every pixel: keep the active ones
+            la, ha, new_lo, new_hi = la[active], ha[active], new_lo[active], new_hi[active]
         changed = (new_lo != la) | (new_hi != ha)
         lo[active], hi[active] = new_lo, new_hi
         active = active[changed & (new_hi > new_lo)]
 
     k = hi - lo
-    s1 = c1.take(hi * m + cols) - c1.take(lo * m + cols)
-    s2 = c2.take(hi * m + cols) - c2.take(lo * m + cols)
-    std = np.sqrt(np.maximum(s2 - s1 * s1 / k, 0) / (k - 1))
+    mean, std = _run_stats(dev, lo, hi, rank, ddof=1, scratch=scratch)
     if w is None:
-        mean, factor = ref + s1 / k, 1 / np.sqrt(k)
+        mean += ref
+        factor = 1 / np.sqrt(k)
     else:
-        cw, cw2 = _prefix_sum(w).reshape(-1), _prefix_sum(w * w).reshape(-1)
-        cwd = _prefix_sum(w * (s - ref)).reshape(-1)
-        sw = cw.take(hi * m + cols) - cw.take(lo * m + cols)
-        mean = ref + (cwd.take(hi * m + cols) - cwd.take(lo * m + cols)) / sw
-        factor = np.sqrt(cw2.take(hi * m + cols) - cw2.take(lo * m + cols)) / sw
+        kept = (rank >= lo) & (rank < hi)
+        sw = np.where(kept, w, 0).sum(axis=0)
+        mean = ref + np.where(kept, w * dev, 0).sum(axis=0) / sw
+        factor = np.sqrt(np.where(kept, w * w, 0).sum(axis=0)) / sw
     if opts.method == "median":
         data = np.where(k > 0, _median_of_run(flat, m, lo, hi, cols), np.nan)
         factor = factor * math.sqrt(math.pi / 2)
@@ -777,13 +775,19 @@ def _combine_exact(y: np.ndarray, opts: _Options) -> _Exact:
                   int(n_valid.sum()), int((n_valid - k).sum()))  # fmt: skip
 
 
-def _prefix_sum(a: np.ndarray) -> np.ndarray:
-    """Sums of the first 0..n rows of ``a`` (n, m): shape (n + 1, m)."""
-    out = np.empty((a.shape[0] + 1, a.shape[1]), dtype=a.dtype)
-    out[0] = 0
-    for i in range(a.shape[0]):  # row by row: np.cumsum(axis=0) is ~15x slower here
-        np.add(out[i], a[i], out=out[i + 1])
-    return out
+def _run_stats(d, lo, hi, rank, *, ddof: int, scratch: _Scratch | None = None):
+    """Mean and standard deviation of the runs ``lo <= k < hi`` of the columns of ``d``
+    (n, m) (deviations from a value inside the runs: one pass is exact enough); NaN
+    for runs too short."""
+    kept = np.greater_equal(rank, lo, out=scratch.get("kept", d.shape, bool) if scratch else None)
+    kept &= rank < hi
+    work = np.multiply(d, kept, out=scratch.get("work", d.shape, d.dtype) if scratch else None)
+    k = hi - lo
+    s1 = work.sum(axis=0)
+    s2 = np.einsum("ij,ij->j", work, work)
+    mean = s1 / k
+    std = np.sqrt(np.maximum(s2 - s1 * mean, 0) / (k - ddof))
+    return mean, std
 
 
 def _median_of_run(flat: np.ndarray, m: int, lo, hi, cols) -> np.ndarray:

@@ -96,19 +96,50 @@ def test_clipping_options(sigma_lower, sigma_upper, maxiters):
     assert_matches(combine_arrays(list(frames), **kw), _reference_combine(list(frames), **kw))
 
 
-def test_chunks_batches_and_threads_do_not_change_the_answer(monkeypatch):
-    """Tiny cache chunks and exact-path batches, row slabs, 1 or 2 threads: same bits."""
+def borderline_pixel(seed: int) -> np.ndarray:
+    """Two pixels of 20 float32 values whose lowest value is the float32 number just
+    below, and just above, its float64 lower clipping limit (3 sigma)."""
+    rng = np.random.default_rng(seed)
+    others = (LEVEL + NOISE * rng.standard_normal(19)).astype(np.float32).astype(np.float64)
+
+    def excess(x):  # a value minus its lower clipping limit, in float64
+        v = np.append(others, x)
+        return x - (np.median(v) - 3 * np.std(v))
+
+    lo, hi = LEVEL - 10 * NOISE, others.min()
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+    pixels = np.repeat(others[:, None], 2, axis=1).astype(np.float32)
+    below = np.float32(lo) if np.float32(lo) <= lo else np.nextafter(np.float32(lo), np.float32(0))
+    above = (
+        np.float32(hi) if np.float32(hi) >= hi else np.nextafter(np.float32(hi), np.float32(2e3))
+    )
+    return np.vstack([pixels, [[below, above]]])
+
+
+def test_values_at_the_clipping_limit_are_decided_as_the_reference_does():
+    """The one-pass limits are float32: a value within rounding of its limit must still
+    be decided as in float64 (the one just below clipped, the one just above kept)."""
+    frames = np.concatenate([borderline_pixel(seed) for seed in range(40)], axis=1)[:, None]
+    ref = _reference_combine(list(frames))
+    assert list(ref.n_used[0, :4]) == [19, 20, 19, 20]  # real borderlines
+    for memory_mb in (1024, 0.01):
+        assert_matches(combine_arrays(list(frames), memory_mb=memory_mb), ref)
+
+
+def test_chunks_and_batches_do_not_change_the_answer(monkeypatch):
+    """Tiny cache chunks and exact-path batches, one-row slabs: the same bits."""
     frames, rng = make_stack(seed=11, shape=(29, 61))
     opts = options("masks+scales", frames, rng)
     whole = combine_arrays(list(frames), **opts)
     monkeypatch.setattr(combine, "_CHUNK_BYTES", 1)
     monkeypatch.setattr(combine, "_MIN_CHUNK", 100)  # chunks straddle rows and slabs
     monkeypatch.setattr(combine, "_EXACT_BATCH", 7)
-    for threads in (1, 2):
-        tiled = combine_arrays(list(frames), memory_mb=0.02, threads=threads, **opts)
-        for name in ("data", "uncertainty", "n_used"):
-            np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
-        assert tiled.rejected_fraction == whole.rejected_fraction
+    tiled = combine_arrays(list(frames), memory_mb=0.02, **opts)
+    for name in ("data", "uncertainty", "n_used"):
+        np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
+    assert tiled.rejected_fraction == whole.rejected_fraction
     assert_matches(whole, _reference_combine(list(frames), **opts))
 
 
@@ -126,6 +157,18 @@ def test_spikes_are_rejected(method):
     assert np.abs(result.data - LEVEL).max() < 5 * error  # unclipped: off by ~500
     assert np.all(result.n_used[:5] <= n - 2) and np.all(result.n_used <= n - 1)
     assert np.mean(result.n_used[5:]) > n - 1.2  # and little else thrown away
+
+
+@pytest.mark.parametrize("method", ["mean", "median"])
+def test_absurd_values_do_not_spoil_the_rest(method):
+    """Values 1e30 away (garbage, sentinels) are rejected and leave no rounding trace."""
+    frames, _ = make_stack(seed=9, spikes=0.002)
+    frames[0, :10] = -1e30
+    frames[1, 5:15] = 3e29
+    frames[2, ::3] = -1e20
+    fast = combine_arrays(list(frames), method=method)
+    assert_matches(fast, _reference_combine(list(frames), method=method))
+    assert np.abs(fast.data - LEVEL).max() < 30
 
 
 @pytest.mark.parametrize("method", ["mean", "median"])
@@ -244,7 +287,6 @@ def test_file_errors_name_the_file(tmp_path):
         ({"maxiters": -1}, "maxiters must be an integer >= 0"),
         ({"maxiters": 2.5}, "maxiters must be an integer >= 0"),
         ({"memory_mb": 0}, "memory_mb must be a number > 0"),
-        ({"threads": 0}, "threads must be an integer >= 1"),
         ({"masks": [np.zeros((4, 5), bool)] * 2}, "2 masks for 3 frames"),
         ({"masks": [np.zeros((4, 5), bool)] * 2 + [np.zeros((5, 4), bool)]},
          r"the mask of frame 2 has shape \(5, 4\)"),
