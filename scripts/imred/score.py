@@ -1444,7 +1444,6 @@ def format_markdown(score_dict: dict) -> str:
         extra = []
         for product, metrics in products.items():
             if not isinstance(metrics, dict):
-                lines.append(f"| {product} | — | {_fmt(metrics)} | | — |")
                 missing.append(product)
                 continue
             for metric, value in metrics.items():
@@ -1453,14 +1452,17 @@ def format_markdown(score_dict: dict) -> str:
                         extra.append((product, value))
                     continue
                 if value == NOT_PRODUCED:
-                    missing.append(f"{product} {metric}")
+                    missing.append(metric)
+                    continue
                 goal = GOALS.get(metric, ("", 0, ""))[2]
                 lines.append(
                     f"| {product} | {metric} | {_fmt(value)} | {goal} | {_status(metric, value, metrics)} |"
                 )
         lines.append("")
         if missing:
-            lines += [f"Not produced yet: {', '.join(missing)}.", ""]
+            counts = {m: missing.count(m) for m in dict.fromkeys(missing)}
+            listed = ", ".join(f"{m} ({n})" if n > 1 else m for m, n in counts.items())
+            lines += [f"Not produced yet: {listed}.", ""]
         for product, bins in extra:
             lines += [
                 f"### {section}: {product} by magnitude",

@@ -440,7 +440,7 @@ def test_empty_results_report_not_produced(truth, tmp_path):
         assert out[section], section
         assert all(v == NOT_PRODUCED for v in leaves(out[section])), section
     text = format_markdown(out)
-    assert "not produced" in text and "## catalogs" in text
+    assert "Not produced yet" in text and "## catalogs" in text
 
 
 def test_main_writes_json_and_markdown(truth, tmp_path, capsys):
