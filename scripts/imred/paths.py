@@ -18,6 +18,7 @@ master dark         ``results/{instrument}/{night}/masters/dark.{chip}.{setup}.f
 master flat         ``results/{instrument}/{night}/masters/flat.{band}.{chip}.{setup}.fits``
 calibrated frame    ``results/{instrument}/{night}/calibrated/{frame}.{chip}.fits``
 master QA table     ``results/{instrument}/{night}/masters/qa.ecsv``
+reference catalog   ``results/{instrument}/refcat/{target}.fits``
 frame WCS           ``results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits``
 frame catalog       ``results/{instrument}/{night}/catalogs/{frame}.{chip}.fits``
 frame QA table      ``results/{instrument}/{night}/qa/frames.ecsv``
@@ -47,6 +48,7 @@ MASTER_DARK = "results/{instrument}/{night}/masters/dark.{chip}.{setup}.fits"
 MASTER_FLAT = "results/{instrument}/{night}/masters/flat.{band}.{chip}.{setup}.fits"
 CALIBRATED = "results/{instrument}/{night}/calibrated/{frame}.{chip}.fits"
 MASTER_QA = "results/{instrument}/{night}/masters/qa.ecsv"
+REFCAT = "results/{instrument}/refcat/{target}.fits"
 FRAME_WCS = "results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits"
 FRAME_QA = "results/{instrument}/{night}/qa/frames.ecsv"
 FRAME_CATALOG = "results/{instrument}/{night}/catalogs/{frame}.{chip}.fits"

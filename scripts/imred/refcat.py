@@ -1257,3 +1257,27 @@ def write_ldac(
 
     write_ldac_file(path, header, objects, overwrite=overwrite)
     return int(keep.sum())
+
+
+def catalog_for_field(field: Mapping, settings: Mapping) -> Table:
+    """The reference catalog of one target field, as the workflow configures it.
+
+    ``field``: ``ra``, ``dec``, ``radius`` (deg), ``epoch`` (decimal year or None);
+    ``settings``: the config's ``reference_catalog`` block (source, file, columns,
+    cache_dir, allow_network, timeout_s, colour_transform).
+    """
+    table = get_reference_catalog(
+        field["ra"],
+        field["dec"],
+        field["radius"],
+        source=settings["source"],
+        cache_dir=settings["cache_dir"],
+        epoch=field.get("epoch"),
+        columns=settings.get("columns") or None,
+        catalog_file=settings.get("file"),
+        allow_network=settings.get("allow_network", True),
+        timeout=settings.get("timeout_s", 60),
+    )
+    if settings.get("colour_transform"):
+        table = colour_transform(table, settings["colour_transform"])
+    return table

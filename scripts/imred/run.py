@@ -206,6 +206,47 @@ class Run:
         if problems:
             raise MissingCalibrationError(list(dict.fromkeys(problems)))
 
+    # ------------------------------------------------------------------ fields
+    def targets(self, instrument: str) -> list[str]:
+        """Targets of the science frames of the selected nights."""
+        return sorted({r["target"] for r in self.science_rows(instrument) if r.get("target")})
+
+    def field(self, instrument: str, target: str, margin_deg: float = 0.0) -> dict:
+        """Centre (ICRS deg), radius covering every frame of a target, and mean epoch."""
+        import numpy as np
+
+        rows = [r for r in self.science_rows(instrument) if r.get("target") == target]
+        ra = np.array([r["ra"] for r in rows if r.get("ra") is not None], dtype=float)
+        dec = np.array([r["dec"] for r in rows if r.get("dec") is not None], dtype=float)
+        if ra.size == 0:
+            raise ImredError(
+                f"target {target} of {instrument}: no frame has a pointing (RA/Dec keywords)"
+            )
+        # mean direction on the sphere (safe across RA = 0)
+        v = np.array(
+            [
+                np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
+                np.cos(np.radians(dec)) * np.sin(np.radians(ra)),
+                np.sin(np.radians(dec)),
+            ]
+        )
+        m = v.mean(axis=1)
+        m /= np.linalg.norm(m)
+        ra0 = float(np.degrees(np.arctan2(m[1], m[0])) % 360)
+        dec0 = float(np.degrees(np.arcsin(m[2])))
+        spread = float(np.degrees(np.arccos(np.clip(m @ v, -1, 1))).max())
+        inst = self.instruments[instrument]
+        reach = 0.0
+        for chip in inst.chips:
+            scale = inst.chip_value(chip, "pixel_scale") or 1.0
+            nx = max(int(r["nx"] or 0) for r in rows)
+            ny = max(int(r["ny"] or 0) for r in rows)
+            offset = np.hypot(*chip.geometry.get("offset_arcsec", [0.0, 0.0]))
+            reach = max(reach, (offset + 0.5 * np.hypot(nx, ny) * scale) / 3600.0)
+        mjd = np.array([r["mjd"] for r in rows if r.get("mjd") is not None], dtype=float)
+        epoch = float(2000.0 + (mjd.mean() - 51544.5) / 365.25) if mjd.size else None
+        return {"ra": ra0, "dec": dec0, "radius": float(spread + reach + margin_deg), "epoch": epoch}
+
     def previous_master(self, kind, instrument, night, chip, setup, band=None) -> str | None:
         """The master of the same group from the nearest earlier night, if any."""
         earlier = [
