@@ -10,6 +10,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/inspect.smk"
 include: "rules/calib.smk"
+include: "rules/frames.smk"
 
 
 rule all:

@@ -42,7 +42,7 @@ def all_targets():
         for inst in RUN.rows
         for night in RUN.nights(inst)
     ]
-    return summaries + calibrated_targets() + master_qa_targets()
+    return summaries + calibrated_targets() + master_qa_targets() + frame_qa_targets()
 
 
 def frame_row(wildcards):
@@ -278,3 +278,77 @@ def mem_mb_master(kind):
         return int(max(1024, 3 * 4 * pixels / 1e6) * attempt)
 
     return mem_mb
+
+
+# ------------------------------------------------------------------ first light
+REFCAT_SETTINGS = RUN.config["reference_catalog"]
+
+
+def refcat_inputs(wildcards):
+    """The catalog file, when the reference catalog is a file (an edit re-runs)."""
+    return [REFCAT_SETTINGS["file"]] if REFCAT_SETTINGS["source"] == "file" else []
+
+
+def target_field(wildcards):
+    return RUN.field(
+        wildcards.instrument, wildcards.target, REFCAT_SETTINGS["margin_deg"]
+    )
+
+
+def frame_refcat(wildcards):
+    row = RUN.row(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
+    return paths.REFCAT.format(instrument=wildcards.instrument, target=row["target"])
+
+
+def band_mag_column(wildcards):
+    """The catalog magnitude a frame's band is calibrated against."""
+    row = RUN.row(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
+    band = row.get("band") or ""
+    return REFCAT_SETTINGS["bands"].get(band, f"{band}_mag")
+
+
+def pixel_scale(wildcards):
+    inst = RUN.instruments[wildcards.instrument]
+    row = RUN.row(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
+    binning = int(str(row.get("binning") or "1x1").split("x")[0])
+    return inst.chip_value(inst.chip(wildcards.chip), "pixel_scale") * binning
+
+
+def frame_products(template):
+    """One product per science frame x chip of a night."""
+
+    def products(wildcards):
+        return [
+            template.format(
+                instrument=wildcards.instrument,
+                night=wildcards.night,
+                frame=r["frame"],
+                chip=r["chip"],
+            )
+            for r in RUN.science_rows(wildcards.instrument)
+            if r["night"] == wildcards.night
+        ]
+
+    return products
+
+
+def night_science_rows(wildcards):
+    return [
+        {k: v for k, v in r.items() if k not in _FILE_COLUMNS}
+        for r in RUN.science_rows(wildcards.instrument)
+        if r["night"] == wildcards.night
+    ]
+
+
+def frame_qa_targets():
+    return [
+        paths.FRAME_QA.format(instrument=inst, night=night)
+        for inst in RUN.rows
+        for night in sorted({r["night"] for r in RUN.science_rows(inst)})
+    ]

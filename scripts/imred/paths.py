@@ -20,6 +20,9 @@ calibrated frame    ``results/{instrument}/{night}/calibrated/{frame}.{chip}.fit
 master QA table     ``results/{instrument}/{night}/masters/qa.ecsv``
 reference catalog   ``results/{instrument}/refcat/{target}.fits``
 frame WCS           ``results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits``
+sky-subtracted      ``results/{instrument}/{night}/skysub/{frame}.{chip}.fits``
+detected sources    ``results/{instrument}/{night}/sources/{frame}.{chip}.fits``
+frame zero point    ``results/{instrument}/{night}/photometry/{frame}.{chip}.json``
 frame catalog       ``results/{instrument}/{night}/catalogs/{frame}.{chip}.fits``
 frame QA table      ``results/{instrument}/{night}/qa/frames.ecsv``
 coadd               ``results/{instrument}/{night}/coadds/{target}.{band}.fits``
@@ -50,6 +53,9 @@ CALIBRATED = "results/{instrument}/{night}/calibrated/{frame}.{chip}.fits"
 MASTER_QA = "results/{instrument}/{night}/masters/qa.ecsv"
 REFCAT = "results/{instrument}/refcat/{target}.fits"
 FRAME_WCS = "results/{instrument}/{night}/astrometry/{frame}.{chip}.wcs.fits"
+SKYSUB = "results/{instrument}/{night}/skysub/{frame}.{chip}.fits"
+SOURCES = "results/{instrument}/{night}/sources/{frame}.{chip}.fits"
+FRAME_ZP = "results/{instrument}/{night}/photometry/{frame}.{chip}.json"
 FRAME_QA = "results/{instrument}/{night}/qa/frames.ecsv"
 FRAME_CATALOG = "results/{instrument}/{night}/catalogs/{frame}.{chip}.fits"
 COADD = "results/{instrument}/{night}/coadds/{target}.{band}.fits"

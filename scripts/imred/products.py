@@ -84,8 +84,12 @@ def write_image_product(
     mask: np.ndarray | None = None,
     sci_header: fits.Header | None = None,
     unit: str | None = None,
+    extra: dict | None = None,
 ) -> None:
-    """Write an image product (see the module docstring) atomically."""
+    """Write an image product (see the module docstring) atomically.
+
+    ``extra``: more image extensions by name (e.g. ``{"BKG": background model}``).
+    """
     hdus = [fits.PrimaryHDU(header=primary)]
     sci_hdr = fits.Header() if sci_header is None else sci_header.copy()
     if unit:
@@ -103,6 +107,9 @@ def write_image_product(
         h = fits.Header()
         describe(h)
         hdus.append(fits.ImageHDU(np.asarray(mask, dtype=MASK_DTYPE), header=h, name="MASK"))
+
+    for name, array in (extra or {}).items():
+        hdus.append(fits.ImageHDU(np.asarray(array, dtype=np.float32), name=name))
 
     def write(tmp):
         fits.HDUList(hdus).writeto(tmp, output_verify="exception", checksum=True)

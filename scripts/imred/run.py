@@ -245,7 +245,12 @@ class Run:
             reach = max(reach, (offset + 0.5 * np.hypot(nx, ny) * scale) / 3600.0)
         mjd = np.array([r["mjd"] for r in rows if r.get("mjd") is not None], dtype=float)
         epoch = float(2000.0 + (mjd.mean() - 51544.5) / 365.25) if mjd.size else None
-        return {"ra": ra0, "dec": dec0, "radius": float(spread + reach + margin_deg), "epoch": epoch}
+        return {
+            "ra": ra0,
+            "dec": dec0,
+            "radius": float(spread + reach + margin_deg),
+            "epoch": epoch,
+        }
 
     def previous_master(self, kind, instrument, night, chip, setup, band=None) -> str | None:
         """The master of the same group from the nearest earlier night, if any."""

@@ -665,6 +665,9 @@ def score_catalog(
     for col in ("ra", "dec", "mag"):
         if col not in cat.colnames:
             raise ImredError(f"catalog has no '{col}' column; columns: {', '.join(cat.colnames)}")
+    # sources without a sky position (a frame that was not solved) cannot be scored
+    placed = np.isfinite(np.asarray(cat["ra"], float)) & np.isfinite(np.asarray(cat["dec"], float))
+    cat = cat[placed]
     ra, dec = np.asarray(cat["ra"], float), np.asarray(cat["dec"], float)
     mag = np.asarray(cat["mag"], float)
     err = (
@@ -1018,6 +1021,7 @@ class _Scorer:
                 if col not in qa.colnames:
                     raise ImredError(f"{qa_path} has no '{col}' column")
         all_sep, zp_err, zp_band, fwhm_err, fwhm_ratio = [], [], [], [], []
+        n_flagged = 0
         entries: dict[str, dict] = {}
         for frame in self.science:
             row = t.frame_row(frame)
@@ -1031,7 +1035,13 @@ class _Scorer:
                     frame=frame,
                     chip=chip,
                 )
-                if wcs_path.is_file():
+                flagged = wcs_path.is_file() and fits.getheader(wcs_path).get("ASTOK") is False
+                if flagged:
+                    # the pipeline says it failed (and keeps the frame out of coadds):
+                    # counted apart, not scored as a solution
+                    m["astrometry_flagged"] = str(fits.getheader(wcs_path).get("ASTREAS", ""))
+                    n_flagged += 1
+                elif wcs_path.is_file():
                     m.update(self._frame_astrometry(wcs_path, frame, chip, all_sep))
                 else:
                     m["astrometric_rms_arcsec"] = NOT_PRODUCED
@@ -1074,9 +1084,10 @@ class _Scorer:
             summary["astrometric_max_frame_rms_arcsec"] = max(
                 m["astrometric_rms_arcsec"]
                 for m in entries.values()
-                if isinstance(m["astrometric_rms_arcsec"], float)
+                if isinstance(m.get("astrometric_rms_arcsec"), float)
             )
             summary["n_astrometric_stars"] = len(all_sep)
+        summary["n_astrometry_flagged"] = n_flagged
         if zp_err:
             rel = zp_err_a - np.array([offsets[b] for b in zp_band_a])
             summary["zero_point_rms_mag"] = rms(zp_err_a)

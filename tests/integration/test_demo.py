@@ -27,6 +27,7 @@ def small_demo(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     cfg["instruments"] = {"demo_small": {"raw": [str(night / "raw")]}}
+    cfg["reference_catalog"]["file"] = str(night / "truth" / "refcat.fits")
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     return night, work
 
@@ -45,7 +46,12 @@ def test_demo_config_dry_run_plans_the_expected_jobs(small_demo):
         "master_flat": 4,  # per chip and band
         "master_qa": 1,
         "calibrate": 12,  # 6 science frames x 2 chips
-        "total": 2 * n_files + 23,
+        "detect": 12,
+        "astrometry": 12,
+        "photometry": 12,
+        "frame_qa": 1,
+        "reference_catalog": 1,
+        "total": 2 * n_files + 23 + 38,
     }
 
 
@@ -107,3 +113,19 @@ def test_demo_calibration_meets_its_bars_against_truth(small_demo):
     # on these 256^2 chips a star cut by the edge is 4x as common and L.A.Cosmic flags
     # some of their cores: 0.4 % here
     assert cal["star_core_cr_false_positive_fraction"] < 0.005
+
+
+def test_demo_frames_are_solved_and_calibrated_against_truth(small_demo):
+    """First light per frame, scored independently: astrometry, zero points, seeing."""
+    night, work = small_demo
+    if not list((work / "results/demo_small").glob("*/qa/frames.ecsv")):
+        snakemake(work, "--cores", "2")
+    frames = score(work, night / "truth")["frames"]["all"]
+    # solved frames within 0.05" of the true positions; a chip with too few catalog
+    # stars may be flagged (and is then kept out of coadds), but most are solved
+    assert frames["astrometric_rms_arcsec"] <= 0.05
+    assert frames["n_astrometry_flagged"] <= 3
+    # zero points within 0.02 mag of the truth (after the band's constant offset:
+    # the truth is before the flat, whose normalisation the pipeline chooses)
+    assert frames["zero_point_rms_rel_mag"] <= 0.02
+    assert abs(frames["fwhm_median_ratio"] - 1) < 0.05
