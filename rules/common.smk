@@ -352,3 +352,14 @@ def frame_qa_targets():
         for inst in RUN.rows
         for night in sorted({r["night"] for r in RUN.science_rows(inst)})
     ]
+
+
+def optics_spec(wildcards):
+    """What the initial WCS depends on in the instrument file (a change re-solves)."""
+    inst = RUN.instruments[wildcards.instrument]
+    chip = inst.chip(wildcards.chip)
+    return {
+        "pixel_scale": inst.chip_value(chip, "pixel_scale"),
+        "rotator": inst.rotator,
+        "geometry": chip.geometry,
+    }

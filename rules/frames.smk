@@ -78,6 +78,7 @@ rule astrometry:
     params:
         code=code("solve_frame.py"),
         row=frame_row,
+        optics=optics_spec,
         mag_column=band_mag_column,
         settings=RUN.config["astrometry"],
     script:

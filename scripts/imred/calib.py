@@ -200,6 +200,12 @@ def model_outliers(frames: list[np.ndarray], sigmas: list[np.ndarray], k: float)
     """
     if k <= 0 or len(frames) < 2:
         return [np.zeros(f.shape, dtype=bool) for f in frames]
+    if len(frames) == 2:
+        # the median of two is their mean, from which both are equally far: reject only
+        # the higher one (a cosmic ray or hot event adds charge)
+        (a, b), (sa, sb) = frames, sigmas
+        limit = k * np.sqrt(sa**2 + sb**2)
+        return [a - b > limit, b - a > limit]
     median = np.median(np.stack(frames), axis=0)
     return [np.abs(f - median) > k * s for f, s in zip(frames, sigmas, strict=True)]
 

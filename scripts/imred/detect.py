@@ -673,16 +673,18 @@ def _extract_sep(data, var, bad, keep, *, threshold, minarea, deblend_cont, radi
     if n == 0:
         return None, seg
     x0, y0 = objs["x"].astype(np.float64), objs["y"].astype(np.float64)
-    a = np.maximum(objs["a"].astype(np.float64), 1e-3)
-    b = np.maximum(objs["b"].astype(np.float64), 1e-3)
-    theta = objs["theta"].astype(np.float64)
+    # sep refuses apertures with a, b < 0 or theta outside [-pi/2, pi/2]; saturated or
+    # odd detections (real CAFOS frames) can give NaN or rounding just outside
+    a = np.maximum(np.nan_to_num(objs["a"].astype(np.float64), nan=1e-3), 1e-3)
+    b = np.minimum(np.maximum(np.nan_to_num(objs["b"].astype(np.float64), nan=1e-3), 1e-3), a)
+    theta = np.clip(np.nan_to_num(objs["theta"].astype(np.float64)), -np.pi / 2, np.pi / 2)
     ids = np.arange(1, n + 1, dtype=np.int32)
     native = objs["flag"].astype(np.int32)
     meas_bad = bad.astype(np.uint8)
 
     kron, kflag = sep.kron_radius(data, x0, y0, a, b, theta, KRON_RMAX, mask=meas_bad)
     kron = np.where(np.isfinite(kron) & (kron > 0), kron, 0.0)
-    factor = np.maximum(KRON_FACTOR * kron, KRON_MIN)
+    factor = np.minimum(np.maximum(KRON_FACTOR * kron, KRON_MIN), KRON_FACTOR * KRON_RMAX)
     flux, flux_err, fflag = sep.sum_ellipse(
         data, x0, y0, a, b, theta, factor, var=var, mask=meas_bad, subpix=1
     )

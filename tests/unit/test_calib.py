@@ -337,3 +337,12 @@ def test_nir_reference_pixels_replace_the_overscan():
     assert np.abs(p.data - 500).mean() < 2.0  # the drifts (100-320 ADU) are gone
     plain = prepare_chip(raw, chip, (1, 1), saturation=6e4, overscan={}, nonlinearity=None)
     assert np.abs(plain.data - 500).mean() > 100  # without reference pixels they stay
+
+
+def test_a_cosmic_ray_in_one_of_two_biases_leaves_the_other_value():
+    rng = np.random.default_rng(15)
+    frames = [prep(raw_frame(rng, np.zeros((NY, NX)))).data for _ in range(2)]
+    frames[0][20, 20] += 3000.0
+    master = make_master_bias(frames, GAIN, {"combine": {}}, read_noise=RN)
+    assert np.isfinite(master.data).all()
+    assert master.data[20, 20] == pytest.approx(frames[1][20, 20], abs=1e-3)
