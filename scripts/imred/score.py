@@ -1087,7 +1087,8 @@ class _Scorer:
                 if isinstance(m.get("astrometric_rms_arcsec"), float)
             )
             summary["n_astrometric_stars"] = len(all_sep)
-        summary["n_astrometry_flagged"] = n_flagged
+        if n_flagged:
+            summary["n_astrometry_flagged"] = n_flagged
         if zp_err:
             rel = zp_err_a - np.array([offsets[b] for b in zp_band_a])
             summary["zero_point_rms_mag"] = rms(zp_err_a)

@@ -43,12 +43,13 @@ def make_night(work: Path, n_frames: int) -> None:
         path = raw / f"frame{i:05d}.fits"
         path.write_bytes(b"placeholder")
         st = path.stat()
-        kind = "bias" if i % 10 == 0 else "science"
+        # 10 % biases, 10 % flats, the rest science: every stage of the workflow has jobs
+        kind = {0: "bias", 1: "flat"}.get(i % 10, "science")
         for c in range(4):
             rows.append({
                 "frame": path.stem, "path": str(path), "extension": f"CCD{c + 1}",
                 "instrument": "bench4", "chip": f"c{c + 1}", "imagetype": kind,
-                "band": None if kind == "bias" else "gr"[i % 2], "exptime": 60.0,
+                "band": None if kind == "bias" else "gr"[(i // 10) % 2], "exptime": 60.0,
                 "binning": "1x1", "readout_mode": "normal", "dateobs": "2026-03-02T04:00:00",
                 "mjd": 61101.1667, "night": "20260301", "target": "F1", "ra": 150.0,
                 "dec": 20.0, "airmass": 1.1, "gain": 1.5, "read_noise": 4.5,
@@ -59,6 +60,14 @@ def make_night(work: Path, n_frames: int) -> None:
     write_obslog(rows, work / "results/bench4/obslog.tsv", inst)
     cfg = {"instruments": {"bench4": {"raw": [str(raw)], "instrument_file": str(inst_file)}}}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def _count_jobs(output: str) -> int:
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "total" and parts[1].isdigit():
+            return int(parts[1])
+    return -1
 
 
 def main(sizes: list[int]) -> None:
@@ -77,14 +86,14 @@ def main(sizes: list[int]) -> None:
             cmd = [
                 str(bin_dir / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
                 "--directory", str(work), "--configfile", str(work / "config.yaml"),
-                "--cores", "1", "--dry-run", "--quiet", "all",
+                "--cores", "1", "--dry-run", "--quiet", "rules",
             ]  # fmt: skip
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             t_dry = time.perf_counter() - t0
             if proc.returncode != 0:
                 sys.exit(f"snakemake failed for N={n}:\n{proc.stderr[-3000:]}")
-            jobs = 4 * n + 2
+            jobs = _count_jobs(proc.stdout)
             print(f"{n:>7} {jobs:>7} {t_dry:>17.1f} {t_run:>14.2f} {1000 * t_dry / jobs:>7.2f}")
 
 
