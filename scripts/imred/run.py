@@ -232,9 +232,16 @@ class Run:
         )
         m = v.mean(axis=1)
         m /= np.linalg.norm(m)
-        ra0 = float(np.degrees(np.arctan2(m[1], m[0])) % 360)
-        dec0 = float(np.degrees(np.arcsin(m[2])))
-        spread = float(np.degrees(np.arccos(np.clip(m @ v, -1, 1))).max())
+        ra_m = float(np.degrees(np.arctan2(m[1], m[0])) % 360)
+        dec_m = float(np.degrees(np.arcsin(m[2])))
+        # the centre of the pointings' bounding box (not their mean: a frame added inside
+        # the footprint must not move the field), in small-angle offsets from the mean
+        dx = ((ra - ra_m + 180) % 360 - 180) * np.cos(np.radians(dec_m))
+        dy = dec - dec_m
+        cx, cy = (dx.min() + dx.max()) / 2, (dy.min() + dy.max()) / 2
+        dec0 = dec_m + cy
+        ra0 = (ra_m + cx / np.cos(np.radians(dec0))) % 360
+        spread = float(np.hypot(dx - cx, dy - cy).max())
         inst = self.instruments[instrument]
         reach = 0.0
         for chip in inst.chips:
@@ -245,11 +252,15 @@ class Run:
             reach = max(reach, (offset + 0.5 * np.hypot(nx, ny) * scale) / 3600.0)
         mjd = np.array([r["mjd"] for r in rows if r.get("mjd") is not None], dtype=float)
         epoch = float(2000.0 + (mjd.mean() - 51544.5) / 365.25) if mjd.size else None
+        # rounded (centre to 1', radius up to 1', epoch to 0.1 yr) so that frames added
+        # inside the footprint leave the field, its catalog and everything after alone
+        step = 1 / 60
+        radius = float(spread + reach + margin_deg + step)  # covers the centre's rounding
         return {
-            "ra": ra0,
-            "dec": dec0,
-            "radius": float(spread + reach + margin_deg),
-            "epoch": epoch,
+            "ra": round(round(ra0 / step) * step, 6),
+            "dec": round(round(dec0 / step) * step, 6),
+            "radius": round(float(np.ceil(radius / step) * step), 6),
+            "epoch": round(epoch, 1) if epoch is not None else None,
         }
 
     def previous_master(self, kind, instrument, night, chip, setup, band=None) -> str | None:

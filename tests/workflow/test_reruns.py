@@ -1,0 +1,128 @@
+"""Partial re-runs: a change re-runs what it invalidates and nothing else.
+
+One real run of the small simulated night in a copy of the workflow, then dry-runs
+after each change, asserting the exact jobs Snakemake plans.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from imred.simulate import simulate_night
+
+from conftest import ROOT, job_counts
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+PER_FRAME = ("calibrate", "detect", "astrometry", "photometry")
+
+
+def run(wf: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [
+        str(BIN / "snakemake"), "--snakefile", str(wf / "Snakefile"), "--directory", str(work),
+        "--configfile", str(work / "config.yaml"), "--cores", "2", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def planned(wf: Path, work: Path) -> dict[str, int]:
+    proc = run(wf, work, "--dry-run")
+    if "Nothing to be done" in proc.stdout + proc.stderr:
+        return {}
+    return job_counts(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory):
+    """A copy of the workflow and the small night, reduced once."""
+    base = tmp_path_factory.mktemp("reruns")
+    wf = base / "workflow"
+    wf.mkdir()
+    for part in ("Snakefile", "rules", "scripts", "config", "profiles", "envs"):
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, wf / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, wf / part)
+    night = base / "night"
+    simulate_night(ROOT / "config/scenarios/demo.yaml", night, small=True)
+    work = base / "work"
+    work.mkdir()
+    cfg = {
+        "instruments": {"demo_small": {"raw": [str(night / "raw")]}},
+        "reference_catalog": {"source": "file", "file": str(night / "truth/refcat.fits")},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run(wf, work)
+    assert planned(wf, work) == {}
+    return wf, work, night, cfg
+
+
+def set_config(work: Path, cfg: dict) -> None:
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_a_flat_setting_reruns_the_flats_and_what_follows_not_the_bias(reduced):
+    wf, work, _, cfg = reduced
+    changed = yaml.safe_load(yaml.safe_dump(cfg))
+    changed["calibration"] = {"flat": {"dead_threshold": 0.4}}
+    set_config(work, changed)
+    try:
+        jobs = planned(wf, work)
+    finally:
+        set_config(work, cfg)
+    assert jobs == {
+        "master_flat": 4, "master_qa": 1, **dict.fromkeys(PER_FRAME, 12), "frame_qa": 1,
+        "all": 1, "total": 4 + 1 + 48 + 1 + 1,
+    }  # fmt: skip
+
+
+def test_editing_a_stage_script_or_its_library_reruns_that_stage_and_what_follows(reduced):
+    wf, work, _, _ = reduced
+    script = wf / "scripts/detect_frame.py"
+    library = wf / "scripts/imred/detect.py"
+    expected = {
+        "detect": 12, "astrometry": 12, "photometry": 12, "frame_qa": 1, "all": 1, "total": 38,
+    }  # fmt: skip
+    for path in (script, library):
+        original, stat = path.read_text(), path.stat()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            assert planned(wf, work) == expected, path.name
+        finally:
+            path.write_text(original)
+            # Snakemake judges a script's code by its time stamp too: put both back
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned(wf, work) == {}
+
+
+def test_new_science_frames_rerun_only_their_chain(reduced):
+    wf, work, night, _ = reduced
+    raw = night / "raw"
+    science = sorted(raw.glob("*_0015.fits"))[0]
+    added = [raw / "extra_a.fits", raw / "extra_b.fits"]
+    try:
+        for path in added:
+            shutil.copy2(science, path)
+        jobs = planned(wf, work)
+    finally:
+        for path in added:
+            path.unlink()
+    # 2 frames x 2 chips: inspected, calibrated, detected, solved, measured; the night's
+    # summary and frame QA table gain rows; no master, no other frame
+    assert jobs == {
+        "inspect": 4, **dict.fromkeys(PER_FRAME, 4), "night_summary": 1, "frame_qa": 1,
+        "all": 1, "total": 4 + 16 + 3,
+    }  # fmt: skip
+    # the log forgets them again: nothing left to do
+    assert planned(wf, work) == {}
