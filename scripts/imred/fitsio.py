@@ -67,6 +67,8 @@ def write_atomic(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` then rename to ``path``: a product is whole or absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)  # left by a killed job that wrote this product
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)

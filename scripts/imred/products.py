@@ -90,8 +90,12 @@ def write_image_product(
 
     ``extra``: more image extensions by name (e.g. ``{"BKG": background model}``).
     """
-    hdus = [fits.PrimaryHDU(header=primary)]
+    primary = primary.copy()
     sci_hdr = fits.Header() if sci_header is None else sci_header.copy()
+    for header in (primary, sci_hdr):
+        for key in ("CHECKSUM", "DATASUM"):  # copied from an input: made anew below
+            header.remove(key, ignore_missing=True, remove_all=True)
+    hdus = [fits.PrimaryHDU(header=primary)]
     if unit:
         sci_hdr["BUNIT"] = unit
     hdus.append(fits.ImageHDU(np.asarray(sci, dtype=np.float32), header=sci_hdr, name="SCI"))
@@ -112,7 +116,13 @@ def write_image_product(
         hdus.append(fits.ImageHDU(np.asarray(array, dtype=np.float32), name=name))
 
     def write(tmp):
-        fits.HDUList(hdus).writeto(tmp, output_verify="exception", checksum=True)
+        fits.HDUList(hdus).writeto(tmp, output_verify="exception")
+        # FITS checksums, on the headers as written, with a fixed comment: astropy's
+        # default comment is the time, which would make the same product differ byte
+        # for byte between runs
+        with fits.open(tmp, mode="update") as hdul:
+            for hdu in hdul:
+                hdu.add_checksum(when="imred")
 
     write_atomic(path, write)
 

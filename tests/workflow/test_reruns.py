@@ -126,3 +126,40 @@ def test_new_science_frames_rerun_only_their_chain(reduced):
     }  # fmt: skip
     # the log forgets them again: nothing left to do
     assert planned(wf, work) == {}
+
+
+def test_a_run_killed_mid_way_completes_with_identical_products(reduced, tmp_path):
+    """SIGKILL during the run, start again: the same bytes, no partial file left."""
+    import filecmp
+    import signal
+    import time
+
+    wf, work, _, cfg = reduced
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    set_config(killed, cfg)
+    cmd = [
+        str(BIN / "snakemake"), "--snakefile", str(wf / "Snakefile"), "--directory", str(killed),
+        "--configfile", str(killed / "config.yaml"), "--cores", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        cmd, cwd=killed, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    calibrated = killed / "results/demo_small/20240315/calibrated"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(calibrated.glob("*.fits"))) < 3:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job tree, mid-way
+    proc.wait()
+    run(wf, killed, "--unlock")
+    run(wf, killed, "--rerun-incomplete")
+    ours = sorted(p.relative_to(killed) for p in (killed / "results").rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(work) for p in (work / "results").rglob("*") if p.is_file())
+    # no temporary file of a killed job survives: the job that re-made the product
+    # removed it
+    assert ours == theirs
+    different = [str(p) for p in ours if not filecmp.cmp(killed / p, work / p, shallow=False)]
+    assert different == []
