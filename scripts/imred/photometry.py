@@ -87,11 +87,10 @@ def frame_zero_point(
     _, median, std = sigma_clipped_stats(values, sigma=clip_sigma, maxiters=5)
     keep = np.abs(values - median) <= clip_sigma * max(std, 1e-3)
     n = int(keep.sum())
-    err_cols = [c for c in (mag_column.replace("_mag", "_err"),) if c in refcat.colnames]
+    err_column = mag_column.replace("_mag", "_err")
     floor = 0.0
-    if err_cols:
-        cat_err = np.asarray(refcat[err_cols[0]], dtype=float)[inside][good][keep]
-        floor = float(np.nanmedian(cat_err)) if cat_err.size else 0.0
+    if err_column in refcat.colnames and n:
+        floor = float(np.nanmedian(np.asarray(refcat[err_column], float)[inside][good][keep]))
     zp_err = max(std, floor) * np.sqrt(np.pi / 2) / np.sqrt(n)
     return {
         "zero_point": float(median),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -121,6 +120,5 @@ def test_conda_directives_name_existing_envs():
     text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     rules = re.findall(r"^rule (\w+):", text, flags=re.M)
     envs = re.findall(r'conda:\n\s+"\.\./(envs/[\w.]+)"', text)
-    assert len(envs) == len([r for r in rules]), (rules, envs)
+    assert len(envs) == len(rules), (rules, envs)
     assert all((ROOT / e).is_file() for e in envs)
-    assert shutil.which("snakemake", path=str(BIN))
