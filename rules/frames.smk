@@ -81,6 +81,7 @@ rule astrometry:
         optics=optics_spec,
         mag_column=band_mag_column,
         settings=RUN.config["astrometry"],
+        tools=RUN.config["tools"],
     script:
         "../scripts/solve_frame.py"
 

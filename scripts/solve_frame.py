@@ -22,8 +22,9 @@ def main(smk):
     if settings["mag_column"] not in refcat.colnames:
         settings["mag_column"] = None
     _, result = solve_frame(
-        sources, refcat, row, load_instrument(row["instrument"]), shape, settings
-    )
+        sources, refcat, row, load_instrument(row["instrument"]), shape, settings,
+        tools=dict(smk.params.tools),
+    )  # fmt: skip
     if not result.ok:
         logging.getLogger("imred.astrometry").warning(
             "%s chip %s: no astrometric solution (%s); the frame is left out of coadds",

@@ -9,9 +9,10 @@ returns what the rule writes:
   the background model ``BKG``) and the source catalog, whose header holds the
   frame's QA numbers (FWHM, ellipticity, sources, sky and its noise).
 - :func:`solve_frame`: the initial WCS from pointing and geometry, refined against
-  the reference catalog; a failure is a flagged WCS file (``ASTOK = F`` with the
-  reason), never an exception, so the run continues and the frame is left out of
-  coadds.
+  the reference catalog (imred's own fit or SCAMP), with blind solving
+  (astrometry.net) for frames without a pointing or whose match failed; a failure is
+  a flagged WCS file (``ASTOK = F`` with the reason), never an exception, so the run
+  continues and the frame is left out of coadds.
 - :func:`calibrate_frame_photometry`: the zero point (mag of 1 e-/s) from catalog
   stars at the solved WCS; the catalog gets calibrated ``mag``, ``mag_err``, ``ra``,
   ``dec``.
@@ -20,18 +21,22 @@ returns what the rule writes:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .astrometry import AstrometryResult, initial_wcs, match_and_fit, read_wcs
+from .astrometry import AstrometryResult, _binning, initial_wcs, match_and_fit, read_wcs
+from .blind import solve_field
 from .detect import detect_sources, estimate_background, frame_qa
 from .errors import ImredError
 from .instrument import Instrument
 from .mask import UNUSABLE
 from .photometry import frame_zero_point
 from .products import provenance_cards, read_image_product
+from .scamp import solve_scamp
 
 
 def detect_frame(calibrated: str, settings: dict, pixel_scale: float):
@@ -110,37 +115,100 @@ def solve_frame(
     instrument: Instrument,
     shape: tuple[int, int],
     settings: dict,
+    tools: dict | None = None,
 ):
-    """The astrometric solution of one frame x chip: (wcs0, AstrometryResult); never raises.
+    """The astrometric solution of one frame x chip: (wcs0, AstrometryResult).
 
-    A frame without a pointing fails (``ok`` False, with the reason) on a
-    placeholder WCS: the blind solver is not wired in yet.
+    ``settings`` is the configuration's ``astrometry`` block (plus ``mag_column``),
+    ``tools`` its ``tools`` block (``scamp``, ``solve_field``: program names).
+
+    1. With a pointing (and ``blind`` not ``always``): the initial WCS
+       (:func:`~imred.astrometry.initial_wcs`) refined by ``method``: ``python``
+       (:func:`~imred.astrometry.match_and_fit`) or ``scamp``
+       (:func:`imred.scamp.solve_scamp`).
+    2. Blind solving (:func:`imred.blind.solve_field`, then ``match_and_fit`` from the
+       blind WCS): with ``blind: always``; with ``auto`` (the default) when the frame
+       has no pointing, or when step 1 failed although there were enough usable
+       sources and a reference catalog (a wrong pointing, a failed match); never with
+       ``never``. A chip smaller than ``blind_min_field_deg`` is not tried. The result's
+       ``method`` starts with ``"solve-field + "``; when blind solving fails too, the
+       reason holds both failures.
+
+    A bad frame is a result with ``ok`` False and the reason (the frame is left out
+    of coadds), never an exception. ImredError only for the setup: SCAMP missing
+    (``method: scamp``), solve-field missing with ``blind: always`` (with ``auto`` the
+    reason says it is missing), an unknown method, no pixel scale.
     """
-    ra, dec = row.get("ra"), row.get("dec")
-    if ra is None or dec is None:
-        placeholder = WCS(naxis=2)
-        placeholder.pixel_shape = shape[::-1]
-        reason = "no pointing (RA/Dec keywords) in the header"
-        return placeholder, AstrometryResult(
-            placeholder, 0, np.nan, np.nan, np.nan, "none", False, reason
+    tools = tools or {}
+    method = settings.get("method", "python")
+    blind = settings.get("blind", "auto")
+    if method not in ("python", "scamp"):
+        raise ImredError(f"astrometry.method {method!r} is not known: use python or scamp")
+    if blind not in ("auto", "never", "always"):
+        raise ImredError(f"astrometry.blind {blind!r} is not known: use auto, never or always")
+    fit = {
+        "mag_column": settings["mag_column"],
+        "shape": shape,
+        "search_radius_arcsec": settings["search_radius_arcsec"],
+        "match_radius_arcsec": settings["match_radius_arcsec"],
+        "sip_order": settings["sip_order"],
+        "min_matches": settings["min_matches"],
+        "max_rms_arcsec": settings["max_rms_arcsec"],
+    }
+    ra = _finite(row["ra"]) if row.get("ra") is not None else None
+    dec = _finite(row["dec"]) if row.get("dec") is not None else None
+    first = None
+    if ra is not None and dec is not None and blind != "always":
+        wcs0 = initial_wcs(
+            instrument, row["chip"], ra, dec, row.get("rotator"), shape,
+            binning=row.get("binning") or "1x1",
+        )  # fmt: skip
+        if method == "scamp":
+            first = solve_scamp(
+                catalog, refcat, wcs0, binary=tools.get("scamp", "scamp"),
+                match_resol_arcsec=settings.get("scamp_match_resol_arcsec"), **fit,
+            )  # fmt: skip
+        else:
+            first = match_and_fit(catalog, refcat, wcs0, **fit)
+        helps = first.n_sources >= settings["min_matches"] and len(refcat) > 0
+        if first.ok or blind == "never" or not helps:
+            return wcs0, first
+    else:
+        wcs0 = WCS(naxis=2)
+        wcs0.pixel_shape = shape[::-1]
+        if blind == "never":
+            reason = "no pointing (RA/Dec keywords) in the header, and astrometry.blind is never"
+            return wcs0, AstrometryResult(wcs0, 0, np.nan, np.nan, np.nan, "none", False, reason)
+    before = first.reason if first is not None else "no pointing (RA/Dec keywords) in the header"
+
+    # ---- blind solving
+    chip = instrument.chip(row["chip"])
+    scale = instrument.chip_value(chip, "pixel_scale")
+    if scale is None:
+        raise ImredError(
+            f"{instrument.source}: chip {chip.name} has no pixel_scale (set pixel_scale in the "
+            "instrument file); blind solving needs it"
         )
-    wcs0 = initial_wcs(
-        instrument, row["chip"], float(ra), float(dec), row.get("rotator"), shape,
-        binning=row.get("binning") or "1x1",
-    )  # fmt: skip
-    result = match_and_fit(
-        catalog,
-        refcat,
-        wcs0,
-        mag_column=settings["mag_column"],
-        shape=shape,
-        search_radius_arcsec=settings["search_radius_arcsec"],
-        match_radius_arcsec=settings["match_radius_arcsec"],
-        sip_order=settings["sip_order"],
-        min_matches=settings["min_matches"],
-        max_rms_arcsec=settings["max_rms_arcsec"],
-    )
-    return wcs0, result
+    scale = float(scale) * _binning(row.get("binning") or "1x1")[0]
+    try:
+        blind_wcs, reason = solve_field(
+            catalog, shape, scale, binary=tools.get("solve_field", "solve-field"),
+            min_field_deg=settings.get("blind_min_field_deg", 0.4),
+            cpulimit_s=settings.get("blind_cpulimit_s", 60.0),
+        )  # fmt: skip
+    except ImredError as exc:
+        if blind == "always":
+            raise
+        blind_wcs, reason = None, f"skipped: {exc}"
+    if blind_wcs is None:
+        if first is None:
+            first = AstrometryResult(wcs0, 0, np.nan, np.nan, np.nan, "none", False)
+        return wcs0, replace(first, reason=f"{before}; blind solving: {reason}")
+    result = match_and_fit(catalog, refcat, blind_wcs, **fit)
+    result.method = f"solve-field + {result.method}"
+    if not result.ok:
+        result.reason = f"{before}; blind solution found, but not refined: {result.reason}"
+    return blind_wcs, result
 
 
 def calibrate_frame_photometry(

@@ -94,6 +94,7 @@ __all__ = [
     "colour_transform",
     "get_reference_catalog",
     "propagate_positions",
+    "tycho2_index_stars",
     "write_ldac",
     "write_ldac_file",
 ]
@@ -1280,4 +1281,103 @@ def catalog_for_field(field: Mapping, settings: Mapping) -> Table:
     )
     if settings.get("colour_transform"):
         table = colour_transform(table, settings["colour_transform"])
+    return table
+
+
+# --------------------------------------------------------------------------------------
+# Tycho-2 from astrometry.net's index files (offline)
+# --------------------------------------------------------------------------------------
+
+#: where Debian's ``astrometry-data-tycho2-*`` packages install the index files
+ASTROMETRY_INDEX_DIR = Path("/usr/share/astrometry")
+
+
+def tycho2_index_stars(
+    ra: float,
+    dec: float,
+    radius_deg: float,
+    *,
+    index_dir: str | os.PathLike = ASTROMETRY_INDEX_DIR,
+) -> Table:
+    """The Tycho-2 stars within a cone, read from astrometry.net's index files.
+
+    An index file (``index-tycho2-NN.*.fits``) holds its stars as a kd-tree: the HDU
+    whose one column is ``kdtree_data_stars`` has 3 unsigned 32-bit integers per star,
+    the unit vector quantised as ``xyz = low + u32 / scale`` (``low`` = the first 3 and
+    ``scale`` the 7th of the float64 values in ``kdtree_range_stars``), and the
+    ``MAG_VT`` HDU the stars' Tycho V_T magnitudes in the same order; the primary
+    header's ``ENDIAN`` card gives the byte order. Each of Debian's files is a
+    uniformised subset of Tycho-2 (dense for the small-scale indexes, sparse for the
+    large ones); the stars of every file in ``index_dir`` are merged, duplicates (the
+    same position to 0.2 mas) once.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Cone centre, ICRS degrees.
+    radius_deg : float
+        Cone radius, degrees.
+    index_dir : path
+        Folder of the index files (default :data:`ASTROMETRY_INDEX_DIR`).
+
+    Returns
+    -------
+    astropy.table.Table
+        ``ra``, ``dec`` (deg, ICRS, epoch J2000 as in Tycho-2's mean positions; the
+        quantisation is < 0.1 mas) and ``VT_mag``, brightest first; ``meta`` ``SOURCE``
+        (``"tycho2_index"``), ``RA_CEN``, ``DEC_CEN``, ``RADIUS``, ``EPOCH`` (2000.0),
+        ``NSTARS``.
+    """
+    files = sorted(Path(index_dir).glob("index-tycho2-*.fits"))
+    if not files:
+        raise ImredError(
+            f"no astrometry.net Tycho-2 index files (index-tycho2-*.fits) in {index_dir}: "
+            "install them (Debian: apt install astrometry-data-tycho2) or give their folder"
+        )
+    a0, d0 = math.radians(ra), math.radians(dec)
+    centre = np.array([math.cos(d0) * math.cos(a0), math.cos(d0) * math.sin(a0), math.sin(d0)])
+    cos_radius = math.cos(math.radians(radius_deg))
+    vectors, mags = [], []
+    for path in files:
+        with fits.open(path, memmap=True) as hdul:
+            names = {hdu.columns.names[0]: hdu for hdu in hdul[1:] if getattr(hdu, "columns", None)}
+            if "kdtree_data_stars" not in names or "kdtree_range_stars" not in names:
+                raise ImredError(f"{path}: not an astrometry.net index file (no star kd-tree)")
+            big = hdul[0].header.get("ENDIAN", "04:03:02:01") != "04:03:02:01"
+            order = ">" if big else "<"
+            data = np.frombuffer(names["kdtree_data_stars"].data.tobytes(), f"{order}u4")
+            bounds = np.frombuffer(names["kdtree_range_stars"].data.tobytes(), f"{order}f8")
+            xyz = bounds[:3] + data.reshape(-1, 3) / bounds[6]
+            xyz /= np.linalg.norm(xyz, axis=1)[:, None]
+            inside = xyz @ centre >= cos_radius
+            vectors.append(xyz[inside])
+            if "MAG_VT" in names:
+                mags.append(np.asarray(names["MAG_VT"].data["MAG_VT"], float)[inside])
+            else:
+                mags.append(np.full(int(inside.sum()), np.nan))
+    xyz = np.concatenate(vectors)
+    _, first = np.unique(np.round(xyz * 1e9), axis=0, return_index=True)  # 0.2 mas
+    xyz, vt = xyz[first], np.concatenate(mags)[first]
+    order_rows = np.argsort(np.where(np.isfinite(vt), vt, np.inf), kind="stable")
+    xyz, vt = xyz[order_rows], vt[order_rows]
+    table = Table(
+        {
+            "ra": np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0])) % 360.0,
+            "dec": np.degrees(np.arcsin(np.clip(xyz[:, 2], -1.0, 1.0))),
+            "VT_mag": vt,
+        }
+    )
+    table["ra"].unit = table["dec"].unit = u.deg
+    table["VT_mag"].unit = u.mag
+    table.meta.update(
+        {
+            "SOURCE": "tycho2_index",
+            "CATALOG": str(index_dir),
+            "RA_CEN": float(ra),
+            "DEC_CEN": float(dec),
+            "RADIUS": float(radius_deg),
+            "EPOCH": 2000.0,
+            "NSTARS": len(table),
+        }
+    )
     return table
