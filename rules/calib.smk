@@ -126,7 +126,7 @@ rule calibrate:
         "../envs/python.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_per_frame,
+        mem_mb=mem_mb_calibrate,
         runtime=20,
     params:
         code=code("calibrate.py"),

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from imred import paths
 from imred.codehash import code_hash
 from imred.errors import ImredError
+from imred.nir import combine_mode
 from imred.run import Run
 from imred.schema import read_yaml
 
@@ -134,7 +135,11 @@ def detector_spec(wildcards):
             "width": width,
             "outputs": inst.detector.get("outputs") or 1,
         }
-    return {"nonlinearity": nonlinearity, "reference": reference}
+    spec = {"nonlinearity": nonlinearity, "reference": reference}
+    if kind.startswith("nir") and inst.detector.get("reads"):
+        # exposures written as reads: how they are combined (imred.nir.combine_mode)
+        spec["combine"] = combine_mode(kind, CAL["nir"]["combine"])
+    return spec
 
 
 def _master_key(kind, wildcards):
@@ -155,7 +160,11 @@ def _master_rows(kind, wildcards):
 
 def master_raw(kind):
     def raw_files(wildcards):
-        return [r["path"] for r in _master_rows(kind, wildcards)]
+        return [
+            p
+            for r in _master_rows(kind, wildcards)
+            for p in (r.get("read_paths") or [r["path"]])
+        ]
 
     return raw_files
 
@@ -163,7 +172,9 @@ def master_raw(kind):
 def master_rows(kind):
     def rows(wildcards):
         return [
-            {k: v for k, v in r.items() if k not in _FILE_COLUMNS} | {"path": r["path"]}
+            {k: v for k, v in r.items() if k not in _FILE_COLUMNS}
+            | {"path": r["path"]}
+            | ({"read_paths": r["read_paths"]} if r.get("read_paths") else {})
             for r in _master_rows(kind, wildcards)
         ]
 
@@ -195,9 +206,25 @@ def flat_limits(wildcards):
 
 
 def calibrate_inputs(wildcards):
-    return {"raw": raw_path(wildcards)} | RUN.frame_masters(
+    """The raw file (the list of its reads for a NIR exposure) and the frame's masters."""
+    row = RUN.row(
         wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
     )
+    raw = row.get("read_paths") or row["path"]
+    return {"raw": raw} | RUN.frame_masters(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
+
+
+def mem_mb_calibrate(wildcards, attempt):
+    """A per-frame job's memory, more for an exposure's reads (float64, twice)."""
+    row = RUN.row(
+        wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
+    )
+    n_reads = len(row.get("read_paths") or [])
+    pixels = (row["nx"] or 4096) * (row["ny"] or 4096)
+    extra = 2 * 8 * n_reads * pixels / 1e6 * attempt
+    return int(mem_mb_per_frame(wildcards, attempt) + extra)
 
 
 _REGIONS = (

@@ -30,7 +30,7 @@ from .combine import combine_arrays
 from .errors import ImredError
 from .instrument import Chip
 from .mask import Bit
-from .nir import correct_nonlinearity, correct_reference_pixels
+from .nir import combine_reads, correct_nonlinearity, correct_reference_pixels
 from .sections import parse_section
 
 
@@ -44,13 +44,21 @@ def _robust_std(values: np.ndarray) -> float:
 # ------------------------------------------------------------------ raw -> prepared
 @dataclass
 class Prepared:
-    """A raw chip after overscan, trim and non-linearity (ADU), with what was measured."""
+    """A raw chip after overscan, trim and non-linearity (ADU), with what was measured.
+
+    ``read_factor`` and ``poisson_factor`` (NIR exposures combined from reads,
+    :func:`prepare_exposure`; None for a single image) give the frame's variance in
+    electrons: ``read_factor * read_noise**2 + poisson_factor * electrons``, with the
+    read noise of one read; a single image has factors 1 and 1.
+    """
 
     data: np.ndarray
     saturated: np.ndarray
     nonlinear: np.ndarray
     overscan_levels: dict = field(default_factory=dict)
     steps: list = field(default_factory=list)
+    read_factor: np.ndarray | None = None
+    poisson_factor: np.ndarray | None = None
 
 
 def subtract_overscan(
@@ -177,6 +185,99 @@ def prepare_chip(
         data = np.asarray(data, dtype=np.float32)
         steps.append("nonlinearity")
     return Prepared(data, saturated, np.asarray(nonlinear, bool), levels, steps)
+
+
+def prepare_exposure(
+    reads: list[np.ndarray],
+    read_times,
+    chip: Chip,
+    binning: tuple[int, int],
+    *,
+    saturation: float,
+    nonlinearity: dict | None,
+    reference: dict | None,
+    combine: str,
+    exptime: float,
+    n_pedestal: int | None = None,
+) -> Prepared:
+    """The non-destructive reads of one NIR exposure -> one prepared frame (ADU in ``exptime``).
+
+    Each read is reference-pixel corrected (``reference`` as in :func:`prepare_chip`)
+    and trimmed; a read at or above ``saturation`` (raw ADU, judged before any
+    correction) is ignored with every later read of its pixel. The reads minus the first
+    are combined (``combine``: ``cds``, ``fowler`` with ``n_pedestal`` pedestal reads,
+    ``ramp``; :func:`imred.nir.combine_reads`) into a rate; with ``nonlinearity`` they
+    are linearised first, with the signal lost before the first read (``rate x
+    t_first``, :func:`imred.nir.correct_nonlinearity`). The frame is ``rate x exptime``
+    (``exptime``: the frame's exposure time, the observation log's), so that it reads
+    like a CCD frame of that exposure. ``saturated``: fewer than two usable reads
+    (saturated before the second read); ``nonlinear``: a used read beyond ``max_adu``.
+    The variance factors (:class:`Prepared`) follow from the combination's weights.
+    """
+    times = np.asarray(read_times, dtype=float)
+    if len(reads) != times.size:
+        raise ImredError(f"chip {chip.name}: {len(reads)} reads but {times.size} read times")
+    if not exptime > 0:
+        raise ImredError(f"chip {chip.name}: exposure time must be > 0 s, got {exptime}")
+    first = np.asarray(reads[0])
+    if first.ndim != 2:
+        raise ImredError(f"chip {chip.name}: expected 2-D reads, got shape {first.shape}")
+    rows, cols = trim_section(chip, first.shape, binning)
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    stack = np.empty((times.size, *shape))
+    bad = np.empty(stack.shape, dtype=bool)
+    use_reference = bool(reference and reference.get("width", 0) > 0)
+    for i, raw in enumerate(reads):
+        raw = np.asarray(raw)
+        if raw.shape != first.shape:
+            raise ImredError(
+                f"chip {chip.name}: read {i + 1} is {raw.shape[1]}x{raw.shape[0]}, the first "
+                f"{first.shape[1]}x{first.shape[0]}"
+            )
+        bad[i] = ~(raw[rows, cols] < saturation)
+        if use_reference:
+            raw = correct_reference_pixels(
+                raw,
+                reference.get("mode", "ramp"),
+                width=int(reference["width"]),
+                n_outputs=int(reference.get("outputs") or 1),
+                smooth_sigma=float(reference.get("smooth_sigma", 7.0)),
+            )
+        stack[i] = raw[rows, cols]
+    steps = [f"reference:{reference.get('mode', 'ramp')}"] if use_reference else []
+    steps += ["trim", combine]  # the read combination: cds, fowler or ramp
+    stack -= stack[0]  # differences to the first read (the reset level cancels)
+    combined = combine_reads(stack, times, combine, n_pedestal=n_pedestal, bad=bad)
+    nonlinear = np.zeros(shape, dtype=bool)
+    if nonlinearity and (nonlinearity.get("polynomial") or nonlinearity.get("coefficient_cube")):
+        cube = None
+        if nonlinearity.get("coefficient_cube"):
+            from astropy.io import fits
+
+            cube = fits.getdata(nonlinearity["coefficient_cube"]).astype(np.float32)
+            cube = cube[:, rows, cols] if cube.shape[1:] != shape else cube
+        lost = np.clip(np.nan_to_num(combined.rate), 0, None) * times[0]
+        linear, flagged = correct_nonlinearity(
+            stack,
+            polynomial=nonlinearity.get("polynomial"),
+            cube=cube,
+            max_adu=nonlinearity.get("max_adu"),
+            lost_signal=lost,
+        )
+        used = np.arange(times.size)[:, None, None] < combined.n_used[None]
+        nonlinear = np.any(flagged & used, axis=0)
+        combined = combine_reads(linear, times, combine, n_pedestal=n_pedestal, bad=bad)
+        steps.append("nonlinearity")
+    t = float(exptime)
+    return Prepared(
+        (combined.rate * t).astype(np.float32),
+        combined.saturated,
+        nonlinear,
+        {},
+        steps,
+        read_factor=(combined.read_factor * t**2).astype(np.float32),
+        poisson_factor=(combined.poisson_factor * t).astype(np.float32),
+    )
 
 
 # ------------------------------------------------------------------------ masters
@@ -592,14 +693,20 @@ def calibrate_chip(
     # in place, in float32: this runs on every frame (see tests/benchmarks/calibrate.py)
     electrons = prepared.data.astype(np.float32, copy=True)
     mask = np.zeros(shape, dtype=np.uint16)
-    var = np.full(shape, np.float32(read_noise) ** 2, dtype=np.float32)
+    if prepared.read_factor is None:
+        var = np.full(shape, np.float32(read_noise) ** 2, dtype=np.float32)
+    else:  # NIR reads combined: the read noise of one read, weighted
+        var = prepared.read_factor * np.float32(read_noise) ** 2
     if bias is not None:
         electrons -= bias[0]
         var += np.square(bias[1] * g)
         mask |= bias[2]
         steps.append("bias")
     electrons *= g
-    var += np.maximum(electrons, 0)  # Poisson: all collected charge, dark included
+    if prepared.poisson_factor is None:
+        var += np.maximum(electrons, 0)  # Poisson: all collected charge, dark included
+    else:
+        var += prepared.poisson_factor * np.maximum(electrons, 0)
     if dark is not None:
         electrons -= dark[0] * np.float32(exptime)
         var += np.square(dark[1] * np.float32(exptime))
@@ -625,7 +732,10 @@ def calibrate_chip(
     qa: dict = {}
     if is_science and settings.get("cosmic_rays", {}).get("enabled", True):
         sat_e = (saturation_adu - np.median(list(prepared.overscan_levels.values()) or [0])) * gain
-        cr, qa = find_cosmic_rays(electrons, mask, read_noise, sat_e, settings["cosmic_rays"])
+        noise = read_noise
+        if prepared.read_factor is not None:  # the combined frame's read noise
+            noise = read_noise * float(np.sqrt(np.median(prepared.read_factor)))
+        cr, qa = find_cosmic_rays(electrons, mask, noise, sat_e, settings["cosmic_rays"])
         mask[cr] |= int(Bit.COSMIC_RAY)
         steps.append("cosmic_rays")
     repair = settings.get("bad_pixels", {}).get("repair", False)

@@ -10,7 +10,14 @@ Rows are observation-log rows (dicts with ``path``, ``extension``, ``binning``,
 description from the instrument file (a dict, as the workflow passes it);
 ``detector`` says how the chip's detector is corrected: ``{"nonlinearity": the
 instrument's detector.nonlinearity block or None, "reference": the NIR
-reference-pixel correction or None}``.
+reference-pixel correction or None}``, and for NIR exposures written as reads
+``"combine"`` (``cds``, ``fowler`` or ``ramp``).
+
+An exposure of a NIR array written one file per read (instrument file
+``detector.reads``) is one row whose ``path`` is the list of its reads' files in time
+order (or whose ``read_paths`` has them), with ``read_times`` (s since reset) and
+``read_groups`` (``pedestal``/``signal``); :func:`imred.calib.prepare_exposure`
+combines the reads into a frame of ``rate x exptime`` ADU.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .calib import (
     make_master_dark,
     make_master_flat,
     prepare_chip,
+    prepare_exposure,
     region_mask,
     trim_section,
 )
@@ -36,6 +44,7 @@ from .errors import ImredError
 from .fitsio import read_chip
 from .instrument import Chip
 from .mask import Bit
+from .nir import COMBINE_MODES
 from .products import provenance_cards, read_image_product
 from .sections import format_section
 
@@ -47,7 +56,55 @@ def _binning(row: dict) -> tuple[int, int]:
     return bx, by
 
 
+def read_paths(row: dict) -> list[str] | None:
+    """The files of an exposure's reads (time order), or None for a single-image frame."""
+    if isinstance(row.get("path"), list | tuple):
+        return [str(p) for p in row["path"]]
+    if row.get("read_paths"):
+        return [str(p) for p in row["read_paths"]]
+    return None
+
+
+def _prepare_reads(
+    row: dict, paths: list[str], chip: Chip, settings: dict, detector: dict
+) -> Prepared:
+    times, groups = row.get("read_times"), row.get("read_groups") or []
+    if not times or len(times) != len(paths):
+        raise ImredError(
+            f"frame {row.get('frame')} [{row['chip']}]: {len(paths)} read files but read times "
+            f"{times!r} (the observation log's read_time column)"
+        )
+    reads = []
+    for path in paths:
+        raw, _ = read_chip(path, row["extension"])
+        if not np.isfinite(raw).any() or not np.any(raw):
+            raise ImredError(f"{path} [{row['chip']}]: the image is all zero or not finite")
+        reads.append(raw)
+    n_pedestal = sum(g == "pedestal" for g in groups) or None
+    mode = detector.get("combine") or ("fowler" if n_pedestal else "ramp")
+    if mode not in COMBINE_MODES:
+        raise ImredError(f"read combination {mode!r} is not one of {', '.join(COMBINE_MODES)}")
+    nl = detector.get("nonlinearity")
+    if not settings.get("nonlinearity", {}).get("enabled", True):
+        nl = None
+    return prepare_exposure(
+        reads,
+        [float(t) for t in times],
+        chip,
+        _binning(row),
+        saturation=float(row["saturation"]),
+        nonlinearity=nl,
+        reference=detector.get("reference"),
+        combine=mode,
+        exptime=float(row["exptime"]),
+        n_pedestal=n_pedestal,
+    )
+
+
 def _prepare(row: dict, chip: Chip, settings: dict, detector: dict | None) -> Prepared:
+    paths = read_paths(row)
+    if paths is not None:
+        return _prepare_reads(row, paths, chip, settings, detector or {})
     raw, _ = read_chip(row["path"], row["extension"])
     if not np.isfinite(raw).any() or not np.any(raw):
         raise ImredError(f"{row['path']} [{row['chip']}]: the image is all zero or not finite")
@@ -98,7 +155,10 @@ def _header(
     if chip.datasec:
         h["DATASEC"] = (chip.datasec, "raw data section (unbinned, 1-based)")
     for key, value, comment in provenance_cards(
-        settings=settings, inputs=[r["path"] for r in rows], masters=masters, steps=steps
+        settings=settings,
+        inputs=[p for r in rows for p in (read_paths(r) or [r["path"]])],
+        masters=masters,
+        steps=steps,
     ):
         h[key] = (value, comment)
     return h
@@ -307,8 +367,12 @@ def build_calibrated(
     h["RDNOISE"] = (read_noise, "read noise used for VAR (e-)")
     h["RNSOURCE"] = (rn_source, "where the read noise comes from")
     h["TRIMSEC"] = (format_section(rows_s, cols_s), "raw section of these pixels (binned, 1-based)")
+    reads = read_paths(row)
+    if reads is not None:
+        h["NREADS"] = (len(reads), "non-destructive reads combined")
+        h["READMODE"] = (_read_mode(cal.steps), "how the reads were combined")
     for key, value, comment in provenance_cards(
-        settings=settings, inputs=[row["path"]], masters=masters, steps=cal.steps
+        settings=settings, inputs=reads or [row["path"]], masters=masters, steps=cal.steps
     ):
         h[key] = (value, comment)
     for key, value in cal.qa.items():
@@ -317,6 +381,10 @@ def build_calibrated(
         elif key == "cr_sigclip":
             h["CRSIGCLP"] = (round(value, 3), "L.A.Cosmic sigclip used")
     return cal, h
+
+
+def _read_mode(steps: list) -> str:
+    return next((s for s in steps if s in COMBINE_MODES), "")
 
 
 def compare_masters(current: str, previous: str | None) -> dict:

@@ -29,6 +29,12 @@ ramp       :func:`ramp_slope` returns a *rate* (ADU/s); the ramp's span is
            for the frame's EXPTIME; pixels with a shorter span are flagged by ``n_used``).
 =========  ===========================================================================
 
+One exposure from its reads (the workflow's calibrate step): :func:`combine_reads`
+combines a set of reads by ``cds``, ``fowler`` or ``ramp`` (:func:`combine_mode`: by
+detector kind, or ``calibration.nir.combine``), ignoring each pixel's reads from its
+first saturated one on (a pixel with fewer than 2 usable reads is flagged), and gives
+the noise factors of the result; :func:`exposure_time` is the EXPTIME of such a set.
+
 The signal lost before the first read, for :func:`correct_nonlinearity`: ``rate *
 t_first`` with ``t_first`` the first (pedestal) read's time since reset (IO:I: one read,
 1.4 s in 32-output mode) and ``rate = difference / exptime`` (:func:`rate_image`). A
@@ -39,6 +45,7 @@ linearity-corrected, then averaged), each pair with its own pedestal time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from math import comb
 
 import numpy as np
@@ -450,6 +457,175 @@ def ramp_slope(
     rate[~fitted] = np.nan
     rate_err = np.where(fitted, rate_err, np.nan)
     return rate, rate_err, n_used, ~fitted
+
+
+# --------------------------------------------------------------------------------------
+# one exposure from its reads (the workflow's calibrate step)
+# --------------------------------------------------------------------------------------
+
+COMBINE_MODES = ("cds", "fowler", "ramp")
+_KIND_COMBINE = {"nir-cds": "cds", "nir-fowler": "fowler", "nir-ramp": "ramp"}
+
+
+def combine_mode(kind: str, setting: str = "auto") -> str:
+    """How the reads of an exposure are combined: ``setting``, or by detector kind if ``auto``.
+
+    ``nir-cds`` -> ``cds``, ``nir-fowler`` -> ``fowler``, ``nir-ramp`` -> ``ramp``
+    (``calibration.nir.combine`` in the config; any mode works on any set of reads that
+    it can use: a ramp fit on Fowler reads, CDS on two reads).
+    """
+    key = str(setting or "auto").strip().lower()
+    if key != "auto":
+        if key not in COMBINE_MODES:
+            raise ImredError(
+                f"unknown read combination {setting!r}: use auto or one of {', '.join(COMBINE_MODES)}"
+            )
+        return key
+    if kind not in _KIND_COMBINE:
+        raise ImredError(
+            f"detector kind {kind!r} has no non-destructive reads to combine "
+            f"(kinds with reads: {', '.join(_KIND_COMBINE)})"
+        )
+    return _KIND_COMBINE[kind]
+
+
+def _fowler_split(n_reads: int, n_pedestal: int | None) -> int:
+    p = n_reads // 2 if n_pedestal is None else int(n_pedestal)
+    if p < 1 or n_reads - p != p:
+        raise ImredError(
+            f"Fowler sampling needs as many pedestal as signal reads: {p} pedestal and "
+            f"{n_reads - p} signal reads (a read missing from the set?)"
+        )
+    return p
+
+
+def exposure_time(read_times: Sequence[float], mode: str, n_pedestal: int | None = None) -> float:
+    """The exposure time (s) of a set of reads combined by ``mode`` (the frame's EXPTIME).
+
+    ``cds``: :func:`cds_exptime` of the two reads; ``fowler``: :func:`fowler_exptime` of
+    the pedestal (first ``n_pedestal``, default half) and signal reads; ``ramp``:
+    :func:`ramp_exptime` (first to last read).
+    """
+    times = np.asarray(read_times, dtype=float)
+    if times.ndim != 1 or times.size < 2:
+        raise ImredError(f"an exposure needs at least 2 reads, got {times.size}")
+    if mode == "cds":
+        if times.size != 2:
+            raise ImredError(f"CDS takes 2 reads (reset + one read), got {times.size}")
+        return cds_exptime(times[0], times[1])
+    if mode == "fowler":
+        p = _fowler_split(times.size, n_pedestal)
+        return fowler_exptime(times[:p], times[p:])
+    if mode == "ramp":
+        return cds_exptime(times[0], times[-1])
+    raise ImredError(f"unknown read combination {mode!r}: use one of {', '.join(COMBINE_MODES)}")
+
+
+def combination_weights(
+    read_times: Sequence[float], mode: str, n_pedestal: int | None = None
+) -> np.ndarray:
+    """Weights ``w`` (n_reads,) with ``rate = sum_i w_i read_i`` (ADU/s) for a whole set.
+
+    ``cds``: ``(read_1 - read_0) / (t_1 - t_0)``; ``fowler``: ``(mean(signal) -
+    mean(pedestal)) / fowler_exptime``, the first ``n_pedestal`` reads (default half)
+    being the pedestal group; ``ramp``: the least-squares slope through all reads. Every
+    set has ``sum(w) = 0`` (a pixel's reset level cancels) and ``sum(w t) = 1``.
+    """
+    times = np.asarray(read_times, dtype=float)
+    exptime = exposure_time(times, mode, n_pedestal)
+    n = times.size
+    if mode == "ramp":
+        return _prefix_ols_weights(times)[0][n]
+    p = 1 if mode == "cds" else _fowler_split(n, n_pedestal)
+    return np.concatenate([np.full(p, -1.0 / p), np.full(n - p, 1.0 / p)]) / exptime
+
+
+@dataclass
+class CombinedReads:
+    """One exposure's rate from its reads, and what its noise is made of.
+
+    ``var(rate) = read_factor * read_noise**2 + poisson_factor * rate / gain`` (ADU/s,
+    read noise of one read in ADU, gain e-/ADU): for a frame of ``rate * T`` ADU the
+    factors of the variance in electrons are ``read_factor * T**2`` (times the read
+    noise in e- squared) and ``poisson_factor * T`` (times the electrons).
+    """
+
+    rate: np.ndarray  # ADU/s, (ny, nx)
+    n_used: np.ndarray  # reads used per pixel (those before its first unusable read)
+    saturated: np.ndarray  # fewer than 2 usable reads: no rate (the whole set's value kept)
+    read_factor: np.ndarray  # s^-2
+    poisson_factor: np.ndarray  # s^-1
+    mode: str
+
+
+def combine_reads(
+    reads: np.ndarray | Sequence[np.ndarray],
+    read_times: Sequence[float],
+    mode: str,
+    *,
+    n_pedestal: int | None = None,
+    bad: np.ndarray | None = None,
+) -> CombinedReads:
+    """Combine the non-destructive reads of one exposure into a rate (CDS, Fowler or ramp).
+
+    A read flagged in ``bad`` (saturated; or not finite) ends its pixel's set: it and
+    every later read are ignored. Pixels with all reads usable get the mode's
+    combination (:func:`combination_weights`); pixels with ``2 <= n_used < n_reads``
+    the least-squares slope through their usable reads (the rate is the same quantity,
+    with more noise); pixels with fewer than 2 usable reads keep the whole set's value
+    and are flagged ``saturated`` (saturated before the second read: no rate).
+
+    Parameters
+    ----------
+    reads : array_like, shape (n_reads, ny, nx)
+        The reads in time order (ADU; reference-pixel corrected or not, or differences
+        to the first read: a per-pixel constant cancels).
+    read_times : sequence of float
+        Time of each read since reset (s), strictly increasing.
+    mode : {"cds", "fowler", "ramp"}
+    n_pedestal : int, optional
+        Fowler: the number of pedestal reads (the first ones; default half).
+    bad : ndarray of bool, shape (n_reads, ny, nx), optional
+        Reads not to use (e.g. ``raw >= saturation``, judged on the raw values).
+
+    Returns
+    -------
+    CombinedReads
+    """
+    stack = _as_stack(reads, "read combination")
+    n = stack.shape[0]
+    times = _check_times(read_times, n)
+    full = combination_weights(times, mode, n_pedestal)
+    good = np.isfinite(stack)
+    if bad is not None:
+        bad = np.asarray(bad, dtype=bool)
+        if bad.shape != stack.shape:
+            raise ImredError(f"bad-read mask of shape {bad.shape} does not fit reads {stack.shape}")
+        good &= ~bad
+    ok = good[0].copy()
+    n_used = ok.astype(np.int64)
+    for i in range(1, n):
+        ok &= good[i]
+        n_used += ok
+    # weights per number of usable reads: the mode's for a whole set, a line through the
+    # usable reads for a partial one, the whole set's (flagged) with fewer than two
+    table, _ = _prefix_ols_weights(times)
+    table[n] = full
+    table[:2] = full
+    read_factor = np.sum(table**2, axis=1)
+    poisson_factor = np.einsum("ki,kj,ij->k", table, table, np.minimum.outer(times, times))
+    rate = np.zeros(stack.shape[1:])
+    for i in range(n):
+        w = table[n_used, i]
+        rate += w * np.where(w != 0, stack[i], 0.0)
+    return CombinedReads(
+        rate=rate,
+        n_used=n_used,
+        saturated=n_used < 2,
+        read_factor=read_factor[n_used],
+        poisson_factor=poisson_factor[n_used],
+        mode=mode,
+    )
 
 
 # --------------------------------------------------------------------------------------

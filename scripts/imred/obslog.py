@@ -25,6 +25,19 @@ choice with an empty reason) is the user's and wins.
 Files that cannot be read (not FITS, truncated, an extension missing) and frames
 lacking a required keyword get a row with ``use = no`` and the reason; the log is
 still written.
+
+NIR arrays that write one file per non-destructive read (instrument file
+``detector.reads``) get one row per read x chip with four more columns
+(:data:`READ_COLUMNS`, written only when some row has them): ``exposure`` (the
+``group_by`` keywords and their values, naming the exposure within the night),
+``read`` (the ``index`` keyword's value), ``read_group`` (``pedestal``/``signal``) and
+``read_at`` (s since reset); their ``exptime`` is the exposure's (CDS: between the
+two reads; Fowler: mean signal minus mean pedestal read time; ramp: first to last
+read), not the read's. The reads of an exposure that cannot be combined (fewer than 2,
+a CDS without exactly 2, a Fowler set without as many pedestal as signal reads, reads
+with equal times) are ``use = no`` with a reason starting ``incomplete exposure:``,
+re-checked at every update. :func:`usable` - what the workflow reduces - merges the
+usable reads of each exposure x chip into one row (see :func:`merge_reads`).
 """
 
 from __future__ import annotations
@@ -49,12 +62,19 @@ from .instrument import (
     pointing_to_icrs,
     safe_name,
 )
+from .nir import combine_mode, exposure_time
 
 COLUMNS = (
     "frame path extension instrument chip imagetype band exptime binning readout_mode "
     "dateobs mjd night target ra dec airmass gain read_noise temperature rotator saturation "
     "nx ny use reason file_bytes file_mtime"
 ).split()
+
+# Columns of the reads of NIR exposures (instrument file detector.reads): written only
+# when some row has them, so that the logs of other cameras are unchanged.
+READ_COLUMNS = ("exposure", "read", "read_group", "read_at")
+
+_INCOMPLETE = "incomplete exposure:"
 
 AUTO_REASONS = (
     "unreadable:",
@@ -64,6 +84,7 @@ AUTO_REASONS = (
     "header:",
     "not reduced:",
     "empty:",
+    _INCOMPLETE,
 )
 
 # Image types imred reduces; the others (focus, test, other) are logged and left out.
@@ -171,6 +192,11 @@ def _rows_from_hdul(path, hdul, instrument, base, size) -> list[dict]:
             continue
         header = merged_header(primary, hdu.header) if hdu is not hdul[0] else hdu.header
         values, problems = instrument.normalise(header, chip)
+        reads = instrument.detector.get("reads")
+        if reads and str(instrument.chip_value(chip, "kind")).startswith("nir"):
+            read_values, read_problems = _read_values(header, reads, values)
+            row.update(read_values)
+            problems += read_problems
         row.update(values)
         row["nx"] = hdu.header.get("ZNAXIS1", hdu.header.get("NAXIS1"))
         row["ny"] = hdu.header.get("ZNAXIS2", hdu.header.get("NAXIS2"))
@@ -194,6 +220,161 @@ def _rows_from_hdul(path, hdul, instrument, base, size) -> list[dict]:
             }
         ]
     return rows
+
+
+def _read_values(header, spec: dict, values: dict) -> tuple[dict, list[str]]:
+    """The read columns of one read (``detector.reads``), and problems for the log."""
+    out: dict = {}
+    problems: list[str] = []
+    parts = []
+    for kw in spec["group_by"]:
+        value = header.get(kw)
+        if value is None or str(value).strip() == "":
+            problems.append(f"reads: keyword {kw} (detector.reads.group_by) is missing")
+        else:
+            parts.append(f"{kw}={str(value).strip()}")
+    out["exposure"] = ",".join(parts) or None
+    index = None
+    if spec.get("index"):
+        try:
+            index = int(float(header[spec["index"]]))
+            out["read"] = index
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"reads: keyword {spec['index']} (the read's index) is missing")
+    if spec.get("time"):
+        try:
+            out["read_at"] = float(header[spec["time"]])
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"reads: keyword {spec['time']} (the read's time) is missing")
+    elif index is not None:
+        if values.get("read_time") is None:
+            problems.append("reads: no detector.reads.time and no header.read_time")
+        else:
+            out["read_at"] = index * float(values["read_time"])
+    if spec.get("pedestal"):
+        ped = spec["pedestal"]
+        value = header.get(ped["keyword"])
+        clean = str(value).strip().lower()
+        if value is not None and clean == str(ped["pedestal"]).strip().lower():
+            out["read_group"] = "pedestal"
+        elif value is not None and clean == str(ped["signal"]).strip().lower():
+            out["read_group"] = "signal"
+        else:
+            problems.append(
+                f"reads: {ped['keyword']}={value!r} is neither the pedestal ({ped['pedestal']}) "
+                f"nor the signal ({ped['signal']}) value"
+            )
+    return out, problems
+
+
+def exposure_problem(reads: list[dict], kind: str) -> tuple[str, float | None]:
+    """Why the reads (rows, in time order) of one exposure cannot be combined, or its exptime.
+
+    Returns ``("", exptime)`` for a complete set (the exposure time of the detector
+    kind's combination, :func:`imred.nir.exposure_time`), else ``(reason, None)``.
+    """
+    n = len(reads)
+    if n < 2:
+        return f"{n} usable read(s); an exposure needs at least 2", None
+    times = [r.get("read_at") for r in reads]
+    if any(t is None for t in times):
+        return "a read has no read_at", None
+    if len(set(times)) < n:
+        return (
+            "reads with the same time since reset (several exposures in one group? add the "
+            "keyword telling them apart to detector.reads.group_by)"
+        ), None
+    groups = [r.get("read_group") or "" for r in reads]
+    n_ped = groups.count("pedestal")
+    try:
+        mode = combine_mode(kind)
+        if mode == "fowler" and n_ped and groups != ["pedestal"] * n_ped + ["signal"] * (n - n_ped):
+            return "a pedestal read comes after a signal read", None
+        return "", exposure_time(times, mode, n_ped or None)
+    except ImredError as err:
+        return str(err), None
+
+
+def _check_exposures(rows: list[dict], instrument: Instrument) -> bool:
+    """Mark the reads of incomplete exposures ``use = no``, set complete ones' exptime.
+
+    Only imred's own choices change (``yes`` with no reason, or ``no`` for being
+    incomplete); a person's edit stays. Returns whether any row changed.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("exposure"):
+            groups.setdefault((r.get("night"), r.get("chip"), r["exposure"]), []).append(r)
+    changed = False
+    for (_, chip, _), members in groups.items():
+        try:
+            kind = str(instrument.chip_value(instrument.chip(chip), "kind"))
+        except ImredError:
+            continue
+        auto = [
+            r
+            for r in members
+            if (r.get("use") == "yes" and not r.get("reason"))
+            or (r.get("use") == "no" and (r.get("reason") or "").startswith(_INCOMPLETE))
+        ]
+        live = [r for r in members if r.get("use") == "yes" or any(r is a for a in auto)]
+        live.sort(key=lambda r: (r.get("read_at") or 0.0, r["path"]))
+        problem, exptime = exposure_problem(live, kind)
+        for r in live:
+            before = (r.get("use"), r.get("reason"), r.get("exptime"))
+            if any(r is a for a in auto):
+                r["use"], r["reason"] = (
+                    ("no", f"{_INCOMPLETE} {problem}") if problem else ("yes", "")
+                )
+            if exptime is not None:
+                r["exptime"] = round(float(exptime), 9)
+            changed |= before != (r.get("use"), r.get("reason"), r.get("exptime"))
+    return changed
+
+
+def _common_name(frames: list[str]) -> str:
+    """The frames' common prefix without trailing separators ('' if none)."""
+    prefix = frames[0]
+    for f in frames[1:]:
+        while not f.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix.rstrip("_-.")
+
+
+def merge_reads(reads: list[dict], frame: str) -> dict:
+    """One row for the reads (rows of one exposure x chip): the workflow's frame.
+
+    The first read's row (in time order) with ``frame``, and ``read_paths``,
+    ``read_times`` (s since reset) and ``read_groups`` (lists in time order) in place
+    of the per-read columns.
+    """
+    reads = sorted(reads, key=lambda r: (float(r["read_at"]), r["path"]))
+    row = {k: v for k, v in reads[0].items() if k not in ("read", "read_at", "read_group")}
+    row["frame"] = frame
+    row["read_paths"] = [r["path"] for r in reads]
+    row["read_times"] = [float(r["read_at"]) for r in reads]
+    row["read_groups"] = [r.get("read_group") or "" for r in reads]
+    return row
+
+
+def _merged_names(groups: dict[tuple, list[dict]], taken: set[tuple]) -> dict[tuple, str]:
+    """A frame id per exposure (all chips alike): the reads' common prefix, unique per night."""
+    names: dict[tuple, str] = {}
+    by_exposure: dict[tuple, list[str]] = {}
+    for (inst, night, _, exposure), members in groups.items():
+        by_exposure.setdefault((inst, night, exposure), []).extend(r["frame"] for r in members)
+    for (inst, night, exposure), frames in sorted(by_exposure.items()):
+        frames = sorted(set(frames))
+        candidate = _common_name(frames) or frames[0]
+        if (night, candidate) in taken:
+            candidate = frames[0]
+        name, n = candidate, 1
+        while (night, name) in taken:
+            n += 1
+            name = f"{candidate}-{n}"
+        taken.add((night, name))
+        names[(inst, night, exposure)] = name
+    return names
 
 
 def _finish(rows: list[dict], instrument: Instrument) -> None:
@@ -299,8 +480,9 @@ def update_obslog(
     _finish(fresh, instrument)
     rows.extend(_typed(r) for r in fresh)
     _unique_frames(rows)
+    regrouped = _check_exposures(rows, instrument)
     rows.sort(key=lambda r: (r.get("night") or "", r["path"], r.get("chip") or ""))
-    if fresh or stats["removed"] or not log_path.exists() or not same_inst:
+    if fresh or stats["removed"] or not log_path.exists() or not same_inst or regrouped:
         write_obslog(rows, log_path, instrument)
     return rows, stats
 
@@ -339,6 +521,10 @@ def _fmt(value) -> str:
 def write_obslog(rows: list[dict], path: str | Path, instrument: Instrument) -> None:
     """Write the log atomically (never half-written)."""
 
+    columns = list(COLUMNS)
+    if any(row.get("exposure") for row in rows):
+        columns += READ_COLUMNS
+
     def write(tmp):
         with open(tmp, "w", newline="") as fh:
             fh.write(
@@ -349,16 +535,17 @@ def write_obslog(rows: list[dict], path: str | Path, instrument: Instrument) -> 
                 "# Edit 'use' (yes/no) and 'reason' to include or exclude frames, then re-run.\n"
             )
             writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            writer.writerow(COLUMNS)
+            writer.writerow(columns)
             for row in rows:
-                writer.writerow([_fmt(row.get(c)) for c in COLUMNS])
+                writer.writerow([_fmt(row.get(c)) for c in columns])
 
     write_atomic(path, write)
 
 
 _FLOAT_COLUMNS = {"exptime", "mjd", "ra", "dec", "airmass", "gain", "read_noise", "temperature"}
 _FLOAT_COLUMNS |= {"rotator", "saturation"}
-_INT_COLUMNS = {"nx", "ny", "file_bytes"}
+_INT_COLUMNS = {"nx", "ny", "file_bytes", "read"}
+_FLOAT_COLUMNS |= {"read_at"}
 
 
 def _typed(row: dict) -> dict:
@@ -369,6 +556,16 @@ def _typed(row: dict) -> dict:
         if text == "":
             out[key] = "" if key == "reason" else None
         elif key in _FLOAT_COLUMNS:
+            out[key] = float(text)
+        elif key in _INT_COLUMNS:
+            out[key] = int(float(text))
+        else:
+            out[key] = text
+    for key in READ_COLUMNS:  # only where present (the reads of NIR exposures)
+        text = _fmt(row.get(key))
+        if text == "":
+            continue
+        if key in _FLOAT_COLUMNS:
             out[key] = float(text)
         elif key in _INT_COLUMNS:
             out[key] = int(float(text))
@@ -424,8 +621,41 @@ def read_obslog(path: str | Path) -> tuple[list[dict], str | None]:
 
 
 def usable(rows: Iterable[dict]) -> list[dict]:
-    """The rows with ``use = yes``."""
-    return [r for r in rows if r.get("use") == "yes"]
+    """The rows with ``use = yes``, one per frame x chip: what the workflow reduces.
+
+    The usable reads of each NIR exposure x chip become one row (:func:`merge_reads`),
+    in the place of its first read, with one frame id for all chips of the exposure:
+    the reads' common frame-id prefix (``ioi_20240315_0007`` for
+    ``ioi_20240315_0007_1_1`` ...), or the first read's where that is not unique in the
+    night. An exposure with fewer than 2 usable reads is left out.
+    """
+    out: list = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("use") != "yes":
+            continue
+        if r.get("exposure"):
+            key = (r.get("instrument"), r.get("night"), r.get("chip"), r["exposure"])
+            if key not in groups:
+                groups[key] = []
+                out.append(key)
+            groups[key].append(r)
+        else:
+            out.append(r)
+    if not groups:
+        return out
+    taken = {(r.get("night"), r["frame"]) for r in out if isinstance(r, dict)}
+    names = _merged_names(groups, taken)
+    merged = []
+    for item in out:
+        if isinstance(item, dict):
+            merged.append(item)
+            continue
+        reads = groups[item]
+        if len(reads) < 2 or any(r.get("read_at") is None for r in reads):
+            continue
+        merged.append(merge_reads(reads, names[(item[0], item[1], item[3])]))
+    return merged
 
 
 def format_summary(rows: list[dict]) -> str:

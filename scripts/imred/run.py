@@ -161,6 +161,8 @@ class Run:
         found = self.plans[instrument].master_night(kind, night, chip, setup, band)
         if found is not None:
             return self.master_path(kind, instrument, found, chip, setup, band), ""
+        if kind == "bias" and self._is_nir(instrument, chip):
+            return None, ""  # read differences and the dark take out the bias
         fix = {
             "bias": "calibration.bias.allow_overscan_only",
             "flat": "calibration.flat.allow_missing",
@@ -193,6 +195,11 @@ class Run:
     def frame_masters(self, instrument, night, frame, chip) -> dict:
         row = self.row(instrument, night, frame, chip)
         return self.masters_for(instrument, night, chip, setup_of(row), row.get("band"))
+
+    def _is_nir(self, instrument: str, chip: str) -> bool:
+        inst = self.instruments[instrument]
+        kind = inst.chip_value(inst.chip(chip), "kind") or inst.detector["kind"]
+        return str(kind).startswith("nir")
 
     def check_calibrations(self) -> None:
         """Resolve the masters of every frame to calibrate: all problems in one error."""

@@ -65,6 +65,23 @@ calibration / ``{frame}.{chip}`` (calibrated science frames) and ``all``
     ``nonlinearity_residual`` = b x P / mean ratio with P = half the saturation level in e-: the fractional flux
     error left for a star peaking at half full scale (goal |.| < 0.1 %), with
     ``nonlinearity_residual_err`` (the result is "inconclusive" when that exceeds the goal).
+calibration / NIR exposures (truth ``nir_reads.ecsv``: a night of NIR arrays)
+    the calibrated rate ``SCI / EXPTIME`` (e-/s) against the truth ``rate/{frame}.fits``
+    (light after the flat, and dark current) minus the truth dark when a master dark was
+    subtracted (``IMRDARK``), plus the persistence the exposure measures
+    (``persistence/{frame}.fits``), divided by the truth flat normalised to its median
+    over the product's pixels when a master flat was used (``IMRFLAT``); in units of the
+    expected noise sigma: ``sigma^2 = rn^2 sum(w^2) + f w.M.w`` (rn the truth read noise of
+    one read, e-; ``f`` the truth charge rate, persistence included; ``M_ij =
+    min(t_i, t_j)``; ``w`` the rate weights of the product's ``READMODE``, else the
+    truth sampling: CDS/Fowler ``(mean signal - mean pedestal) / exposure time``, ramp
+    the least-squares slope), plus the master dark's noise from the truth darks the
+    same way, all over the normalised flat squared (the master flat's own noise is not
+    counted). Pixels: no MASK bit, no true cosmic ray, and a true level (reset + charge
+    at the last read) below 90 % of saturation. Per frame: ``nir_rate_pull_mean``,
+    ``nir_rate_pull_std``, ``nir_rate_pull_robust_std``, ``nir_rate_ratio_median``
+    (measured / expected where expected > 5 sigma), ``n_nir_pixels``; in ``all`` the
+    same over every frame's pixels.
 frames / ``{frame}.{chip}`` and ``all``
     ``astrometric_rms_arcsec``: rms of the angular separation between each on-chip true
     star (stars.ecsv ra, dec) and the product WCS (``astrometry/{frame}.{chip}.wcs.fits``)
@@ -152,6 +169,8 @@ GOALS: dict[str, tuple[str, float, str]] = {
     "zero_point_error_rel_mag": ("abs<=", 0.02, "within ±0.02 mag"),
     "zero_point_rms_rel_mag": ("<=", 0.02, "≤ 0.02 mag"),
     "bright_mag_robust_rms": ("<=", 0.03, "≤ 0.03 mag"),
+    "nir_rate_pull_mean": ("abs<=", 0.1, "within ±0.1"),
+    "nir_rate_pull_std": ("<=", 1.1, "≤ 1.1"),
 }
 
 
@@ -573,6 +592,8 @@ def fit_nonlinearity(groups, peak, ratio, p_ref: float, fwhm=None) -> dict:
     }
     scale = p_ref if p_ref > 0 else 1.0
     for _ in range(10):
+        if keep.sum() < 3:  # too few stars (a small chip): nothing to fit
+            return out
         names = np.unique(groups[keep])
         cols = [(groups == g).astype(float) for g in names] + [peak / scale]
         cols += [c - np.mean(c[keep]) for c in extra if np.ptp(c[keep]) > 0]
@@ -1011,6 +1032,100 @@ class _Scorer:
         ok = clean & np.isfinite(meas)
         return peak[pick][ok], meas[ok] / flux[pick][ok]
 
+    # ------------------------------------------------------------ NIR rates
+    def nir_rates(self) -> None:
+        """NIR exposures: the calibrated rate against the truth, in expected-noise units."""
+        t = self.truth
+        path = t.dir / "nir_reads.ecsv"
+        if not path.is_file():
+            return
+        reads = Table.read(path)
+        sampling = str(reads.meta.get("sampling", "fowler"))
+
+        def exposure(frame):
+            sel = reads["frame"] == frame
+            return np.asarray(reads["time_s"][sel], float), [str(g) for g in reads["group"][sel]]
+
+        pooled: list[np.ndarray] = []
+        for frame in self.science:
+            for chip in self.chips:
+                key = f"{frame}.{chip}"
+                metrics = self.out["calibration"].get(key)
+                prod = self._product(
+                    paths.CALIBRATED,
+                    instrument=self.inst.name,
+                    night=self.res.night,
+                    frame=frame,
+                    chip=chip,
+                )
+                if prod is None or not isinstance(metrics, dict):
+                    continue
+                pull, ratio = self._nir_pull(prod, frame, chip, exposure, sampling)
+                pooled.append(pull)
+                metrics.update(_pull_metrics(pull, ratio))
+        if pooled and isinstance(self.out["calibration"].get("all"), dict):
+            both = np.concatenate(pooled)
+            self.out["calibration"]["all"].update(_pull_metrics(both, None))
+
+    def _nir_pull(self, prod, frame, chip, exposure, sampling):
+        t, ch = self.truth, self.inst.chip(chip)
+        hdr = prod["header"]
+        sci = prod["SCI"].astype(float)
+        mask = prod.get("MASK", np.zeros(sci.shape, np.uint16))
+        truth_rate = _truth_chip(t.dir / "rate" / f"{frame}.fits", chip)
+        offset = _data_offset(ch, hdr, truth_rate.shape)
+
+        def grid(image, fill=0.0):
+            return _on_product_grid(np.asarray(image, float), sci.shape, offset, fill=fill)
+
+        rate = grid(truth_rate, np.nan)
+        pers_path = t.dir / "persistence" / f"{frame}.fits"
+        pers = grid(_truth_chip(pers_path, chip)) if pers_path.is_file() else np.zeros(sci.shape)
+        dark = grid(t.image("dark", chip))
+        rn = float(t.chip_value(chip, "read_noise"))
+        mode = str(hdr.get("READMODE") or sampling)
+        times, groups = exposure(frame)
+        w = _rate_weights(times, groups, mode)
+        moments = np.minimum.outer(times, times)
+        charge = np.clip(rate + pers, 0, None)  # e-/s collected (dark current included)
+        var = rn**2 * np.sum(w**2) + charge * float(w @ moments @ w)
+        expected = rate + pers
+        if "IMRDARK" in hdr:
+            expected = expected - dark
+            darks = [d for d in t.frames_of("dark") if exposure(d)[0].size >= 2]
+            if darks:
+                dvar = np.zeros(sci.shape)
+                for d in darks:
+                    dt, dg = exposure(d)
+                    wd = _rate_weights(dt, dg, mode)
+                    dm = np.minimum.outer(dt, dt)
+                    dvar += rn**2 * np.sum(wd**2) + np.clip(dark, 0, None) * float(wd @ dm @ wd)
+                var = var + dvar / len(darks) ** 2
+        if "IMRFLAT" in hdr:
+            band = str(t.frame_row(frame)["band"])
+            flat = grid(t.image(f"flat_{band}", chip), np.nan)
+            flat = flat / np.nanmedian(flat)
+            expected, var = expected / flat, var / flat**2
+        measured = sci / float(hdr["EXPTIME"])
+        sigma = np.sqrt(var)
+        cr_mask, _ = t.frame_truth(frame, chip)
+        cr = _on_product_grid(cr_mask, sci.shape, offset, fill=False)
+        bias = t.image("bias", chip).astype(float)
+        trim = _trim_slices(ch, hdr, bias.shape)
+        ov = _overlap(sci.shape, bias.shape, (trim[0].start, trim[1].start))
+        level = np.full(sci.shape, np.inf)
+        if ov is not None:
+            sel = (t.frame_chips["frame"] == frame) & (t.frame_chips["chip"] == chip)
+            offset_adu = float(np.asarray(t.frame_chips["bias_offset"][sel], float)[0])
+            gain = float(np.asarray(t.frame_chips["gain"][sel], float)[0])
+            level[ov[0]] = bias[ov[1]] + offset_adu + (charge[ov[0]] * times[-1]) / gain
+        saturation = float(self.inst.chip_value(ch, "saturation") or np.inf)
+        good = (mask == 0) & ~cr & np.isfinite(measured) & np.isfinite(expected)
+        good &= (sigma > 0) & (level < 0.9 * saturation)
+        pull = ((measured - expected) / sigma)[good]
+        bright = good & (expected > 5 * sigma)
+        return pull, (measured / expected)[bright]
+
     # --------------------------------------------------------------- frames
     def frames(self) -> None:
         t = self.truth
@@ -1304,6 +1419,35 @@ class _Scorer:
         return {"astrometric_rms_arcsec": rms(sep), "n_astrometric": int(ok.sum())}
 
 
+def _rate_weights(times: np.ndarray, groups: list[str], mode: str) -> np.ndarray:
+    """Weights ``w`` of the reads with ``rate = sum w_i read_i`` for a sampling mode."""
+    n = times.size
+    if mode == "ramp":
+        dt = times - times.mean()
+        return dt / np.sum(dt**2)
+    p = 1 if mode == "cds" else (groups.count("pedestal") or n // 2)
+    w = np.concatenate([np.full(p, -1.0 / p), np.full(n - p, 1.0 / (n - p))])
+    return w / float(times[p:].mean() - times[:p].mean())
+
+
+def _truth_chip(path: Path, chip: str) -> np.ndarray:
+    with fits.open(path, memmap=False) as hdul:
+        return np.asarray(_chip_hdu(hdul, chip, path).data)
+
+
+def _pull_metrics(pull: np.ndarray, ratio: np.ndarray | None) -> dict:
+    pull = pull[np.isfinite(pull)]
+    out = {
+        "nir_rate_pull_mean": float(np.mean(pull)) if pull.size else None,
+        "nir_rate_pull_std": float(np.std(pull)) if pull.size else None,
+        "nir_rate_pull_robust_std": robust_rms(pull),
+        "n_nir_pixels": int(pull.size),
+    }
+    if ratio is not None:
+        out["nir_rate_ratio_median"] = _median(ratio)
+    return out
+
+
 def _finite(value) -> bool:
     try:
         return value is not None and math.isfinite(float(value))
@@ -1386,6 +1530,7 @@ def score(
     scorer = _Scorer(Path(results_dir), truth, inst)
     scorer.masters()
     scorer.calibration()
+    scorer.nir_rates()
     scorer.frames()
     scorer.catalogs()
     scorer.coadds()

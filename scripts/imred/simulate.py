@@ -12,7 +12,13 @@ Raw files (``{out}/raw/{instrument}_{YYYYMMDD}_{NNNN}.fits``)
     ``header`` spec: keyword names, value maps, formats), one image extension per chip
     (EXTNAME = the chip's ``extension``) holding the whole raw array (data and overscan
     sections), uint16 as BITPIX 16 with BZERO 32768; gain, read noise and saturation in
-    the chip's header when the instrument file reads them from a keyword.
+    the chip's header when the instrument file reads them from a keyword. Any number of
+    chips, placed by their ``geometry``; chips without a ``datasec`` are all data, of
+    ``camera.chip_size``. Cameras whose chips have ``select`` get a file per chip (or per
+    group of chips with the same ``select``), named to match its ``filename`` glob and
+    carrying its ``keyword`` (:mod:`imred.sim.rawfiles`); chips sharing a file and
+    extension are the halves of a split detector, each with its own fixed ``band``
+    (:mod:`imred.sim.plan`: their own flat, sky, zero point and seeing).
 
 Model, in the order it happens (each step has a switch in the scenario)
     Expected electrons per data pixel: ``(sky + stars) * flat + dark * t`` for science
@@ -30,7 +36,11 @@ Model, in the order it happens (each step has a switch in the scenario)
     profiles whose FWHM (``seeing``) varies per frame and grows with airmass. A star of
     magnitude m gives ``t * 10**(-0.4 (m - ZP))`` electrons before the flat with
     ``ZP = zero_point - extinction * airmass + 2.5 log10(transparency)``; airmass comes
-    from the time and the instrument's site (astropy AltAz).
+    from the time and the instrument's site (astropy AltAz). ``stars.catalog`` takes the
+    stars from a real catalog file instead. Galaxies (``galaxies``, off by default) are
+    PSF-convolved Sersic profiles (:mod:`imred.sim.galaxies`). Fringes (``fringes``, in
+    bands with a ``fringe_amplitude``) add ``pattern * sky * t`` before the flat in
+    science frames.
 
 Truth (``{out}/truth/``): the pipeline may read only ``refcat.fits``
     ``scenario.yaml``       the scenario as run (defaults filled in, final seed)
@@ -47,9 +57,14 @@ Truth (``{out}/truth/``): the pipeline may read only ``refcat.fits``
                             ``sky_gradient_angle`` (deg, direction of increase from east
                             towards north in the focal plane at PA 0), ``temperature`` (C);
                             NaN where it does not apply.
+                            ``file`` lists the exposure's raw files (comma-separated
+                            when the camera writes a file per chip).
     ``frame_chips.ecsv``    one row per exposure x chip: ``bias_offset`` (ADU, the drift
                             added to the fixed bias, data and overscan alike),
-                            ``n_cosmic_rays``, ``gain`` (e-/ADU), ``read_noise`` (e-).
+                            ``n_cosmic_rays``, ``gain`` (e-/ADU), ``read_noise`` (e-),
+                            ``band``, ``zero_point``, ``sky``, ``seeing``, ``illumination``
+                            as this chip sees them (a split detector's fixed band; else
+                            the frame's), ``file`` and ``extension`` holding the chip.
     ``frames/{frame}.fits`` per exposure, one extension per chip (EXTNAME = chip name):
                             the cosmic-ray mask (uint8, 1 = charge deposited, data grid,
                             RICE-compressed); for science frames its header carries the
@@ -58,12 +73,20 @@ Truth (``{out}/truth/``): the pipeline may read only ``refcat.fits``
     ``dark.fits``           per chip: dark current (e-/s, data grid), hot pixels included.
     ``flat_{band}.fits``    per chip: the true flat (multiplies the sky and stars; 1 at the
                             optical axis for a nominal pixel: vignetting x chip sensitivity
-                            x pixel response x dust donuts x dead columns).
+                            x pixel response x dust donuts x dead columns); only the chips
+                            that see the band.
+    ``fringe_{band}.fits``  per chip, bands with fringes: the pattern (fringe e- = pattern
+                            x sky x exptime, before the flat).
     ``badpix.fits``         per chip: bits 1 hot pixel, 2 hot column, 4 dead column.
     ``nonlinearity.ecsv``   ``power`` and ``coefficient`` of corrected = raw * sum(c_i raw^i)
                             (ADU above bias), ``enabled`` and ``max_adu`` in the meta.
-    ``stars.ecsv``          the synthetic catalog: ``id``, ``ra``, ``dec``, ``gr`` (g - r),
+    ``stars.ecsv``          the star catalog: ``id``, ``ra``, ``dec``, ``gr`` (g - r),
                             ``{band}_mag`` for every catalog band (true magnitudes).
+    ``galaxies.ecsv``       with galaxies only: as stars.ecsv plus ``sersic_n``,
+                            ``r_eff_arcsec``, ``axis_ratio``, ``pa_deg`` and ``galaxy``
+                            (true); ids from 10^9, never in the reference catalog.
+    ``galaxy_frames.ecsv``  with galaxies only: as star_frames.ecsv without ``peak``, with
+                            ``galaxy`` (true), so star metrics can leave them out.
     ``star_frames.ecsv``    one row per star x science frame x chip it falls on (centre
                             within 60 px of the data section): ``frame``, ``chip``, ``id``,
                             ``x``, ``y`` (0-based on the data grid), ``flux`` (e-, total,
@@ -100,18 +123,21 @@ from .errors import ImredError
 from .fitsio import merged_header, write_atomic
 from .instrument import Instrument, load_instrument
 from .schema import fill_defaults, read_yaml, validate
-from .sim import catalog, detector, optics
+from .sim import catalog, detector, galaxies, optics, rawfiles
+from .sim import nir as sim_nir
 from .sim.headers import header_cards
-from .sim.plan import Frame, plan_night
+from .sim.plan import Frame, plan_night, sequence_bands
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "config" / "scenarios"
 
 # random-stream tags: every stream is np.random.default_rng([seed, tag, ...])
-_CATALOG, _REFCAT = 2, 3  # 1 is the night plan (imred.sim.plan)
+_CATALOG, _REFCAT, _GALAXIES = 2, 3, 4  # 1 is the night plan (imred.sim.plan)
 _BIAS, _DARK, _FLAT_CHIP, _FLAT_WINDOW, _FLAT_BAND = 10, 11, 12, 13, 14
+_FRINGE_CHIP, _FRINGE_BAND = 15, 16
 _NOISE, _COSMICS = 20, 21
 
 STAR_MARGIN_PX = 60  # stars this far outside a chip are still drawn (their wings fall on it)
+GALAXY_FIRST_ID = 1_000_000_000  # galaxy ids start here (or after the largest star id)
 
 
 # ----------------------------------------------------------------- scenario
@@ -180,11 +206,6 @@ def _instrument(sc: dict, base: Path) -> Instrument:
     if path.suffix in (".yaml", ".yml") and not path.is_absolute() and (base / path).is_file():
         name = str(base / path)
     inst = load_instrument(name)
-    if inst.detector.get("kind") != "ccd":
-        raise ImredError(
-            f"{inst.source}: detector kind '{inst.detector.get('kind')}': the simulator writes "
-            "CCD cameras only (NIR detectors are not simulated yet)"
-        )
     if not inst.site:
         raise ImredError(
             f"{inst.source}: the simulator needs the site (longitude_deg, latitude_deg) for "
@@ -234,9 +255,10 @@ def _to_instrument_frame(ra: float, dec: float, mjd: float, inst: Instrument) ->
 def _check_normalises(inst, chip, primary: fits.Header, ext: fits.Header, f: Frame) -> None:
     """Read the headers back through the instrument file, as the pipeline will."""
     values, problems = inst.normalise(merged_header(primary, ext), chip)
+    band = chip.band or f.band
     wrong = [
         f"{key} reads back as {values.get(key)!r}, not {want!r}"
-        for key, want in (("imagetype", f.imagetype), ("band", f.band), ("exptime", f.exptime))
+        for key, want in (("imagetype", f.imagetype), ("band", band), ("exptime", f.exptime))
         if values.get(key) != want and not (key == "band" and want is None)
     ]
     if problems or wrong:
@@ -246,7 +268,9 @@ def _check_normalises(inst, chip, primary: fits.Header, ext: fits.Header, f: Fra
         )
 
 
-def _write_raw(path: Path, f: Frame, chips: list, sc: dict, inst: Instrument, layouts) -> None:
+def _write_raw(
+    path: Path, f: Frame, chips: list, sc: dict, inst: Instrument, layouts, extra=()
+) -> None:
     primary_cards, _ = header_cards(inst.header_spec, _frame_values(f, inst), inst.source)
     primary = fits.Header()
     primary["TELESCOP"] = inst.doc.get("telescope", inst.name)
@@ -254,22 +278,37 @@ def _write_raw(path: Path, f: Frame, chips: list, sc: dict, inst: Instrument, la
     primary["SIMULATE"] = (True, "simulated by imred.simulate")
     primary["SIMSEED"] = (int(sc["seed"]), "simulator seed")
     primary["SIMFRAME"] = (f.name, "truth key of this exposure")
-    for key, value in primary_cards:
+    for key, value in [*primary_cards, *extra]:  # extra: a NIR read's keywords
         primary[key] = value
+    select = layouts[0].select
+    if "keyword" in select:
+        primary[select["keyword"]] = select.get("value", "")
+    _check_file_chips(inst, path, primary, layouts)
     slots: dict[int, fits.ImageHDU] = {}
     named: list[fits.ImageHDU] = []
     primary_data = None
-    for lay, data in zip(layouts, chips, strict=True):
+    for extension, members, data in rawfiles.by_extension(layouts, chips):
+        lay = members[0]
         chip = inst.chips[lay.index]
-        chip_values = {"gain": lay.gain, "read_noise": lay.read_noise, "saturation": lay.saturation}
-        _, chip_cards = header_cards(inst.header_spec, chip_values, inst.source)
         ext = fits.Header()
-        ext["DATASEC"] = chip.datasec
-        if len(lay.amps) == 1 and chip.amplifiers and chip.amplifiers[0].get("overscan"):
+        if len(members) == 1 and chip.datasec:
+            ext["DATASEC"] = chip.datasec
+        single_amp = len(members) == 1 and len(lay.amps) == 1 and chip.amplifiers
+        if single_amp and chip.amplifiers[0].get("overscan"):
             ext["BIASSEC"] = chip.amplifiers[0]["overscan"]
-        for key, value in chip_cards:
-            ext[key] = value
-        _check_normalises(inst, chip, primary, ext, f)
+        for member in members:
+            values = {"gain": member.gain, "read_noise": member.read_noise}
+            values["saturation"] = member.saturation
+            for key, value in header_cards(inst.header_spec, values, inst.source)[1]:
+                if key in ext and ext[key] != value:
+                    raise ImredError(
+                        f"{inst.source}: chips {', '.join(m.name for m in members)} share "
+                        f"extension {extension} but need different values of {key} "
+                        f"({ext[key]!r}, {value!r}); the simulator cannot write that header"
+                    )
+                ext[key] = value
+        for member in members:
+            _check_normalises(inst, inst.chips[member.index], primary, ext, f)
         if lay.extension == 0:
             primary_data = data
             for card in ext.cards:
@@ -288,6 +327,28 @@ def _write_raw(path: Path, f: Frame, chips: list, sc: dict, inst: Instrument, la
         hdus.append(slots[i])
     hdus += named
     write_atomic(path, lambda tmp: fits.HDUList(hdus).writeto(tmp))
+
+
+def _check_file_chips(inst: Instrument, path: Path, primary: fits.Header, layouts) -> None:
+    """The instrument file must find exactly these chips in this file (and want the file)."""
+    if not inst.wants_file(path.name):
+        raise ImredError(
+            f"{inst.source}: the simulator names a raw file {path.name}, which files.patterns "
+            "does not take; the chips' select.filename and files.patterns disagree"
+        )
+    ours = {lay.name for lay in layouts}
+    found = {c.name for c in inst.chips if c.matches_file(path, primary)}
+    if not ours <= found:
+        raise ImredError(
+            f"{inst.source}: chips {', '.join(sorted(ours - found))} do not select the file "
+            f"{path.name} the simulator writes for them"
+        )
+    others = {c.name for c in inst.chips if c.select != layouts[0].select} & found
+    if layouts[0].select and others:
+        raise ImredError(
+            f"{inst.source}: file {path.name} (written for {', '.join(sorted(ours))}) is also "
+            f"selected by chips {', '.join(sorted(others))}; their select must differ"
+        )
 
 
 def _chip_hdus(arrays: dict, layouts, header: dict | None = None) -> fits.HDUList:
@@ -339,27 +400,78 @@ class _Night:
     polynomial: list | None
     focal: dict = field(default_factory=dict)
     diameter: float = 1.0
+    galaxies: Table | None = None  # sim.galaxies catalog (None: galaxies off)
+    fringes: dict = field(default_factory=dict)  # band -> chip -> pattern (fraction of sky)
+
+
+def _galaxy_light(night: _Night, f: Frame, lay, wcs, light, cond) -> list[dict]:
+    """Add the galaxies on one chip to ``light`` (e-, before the flat); their truth rows."""
+    gal = night.galaxies
+    if gal is None or not len(gal):
+        return []
+    ny, nx = lay.data_shape
+    x, y = wcs.world_to_pixel(gal["ra"], gal["dec"])
+    trunc = night.sc["galaxies"]["truncation_r_eff"]
+    reach = np.minimum(trunc * np.asarray(gal["r_eff_arcsec"]) / lay.pixel_scale, 150) + 10
+    near = (x > -reach) & (x < nx - 1 + reach) & (y > -reach) & (y < ny - 1 + reach)
+    if not near.any():
+        return []
+    sub = gal[near]
+    x, y = x[near], y[near]
+    flux = f.exptime * 10 ** (-0.4 * (np.asarray(sub[f"{cond['band']}_mag"]) - cond["zero_point"]))
+    kernel = galaxies.psf_kernel(
+        cond["seeing"] / lay.pixel_scale, night.sc["seeing"]["moffat_beta"]
+    )
+    galaxies.render_galaxies(
+        light,
+        x,
+        y,
+        flux,
+        np.asarray(sub["r_eff_arcsec"]) / lay.pixel_scale,
+        np.asarray(sub["sersic_n"]),
+        np.asarray(sub["axis_ratio"]),
+        galaxies.pixel_angle(wcs.cd, sub["pa_deg"]),
+        kernel,
+        trunc,
+    )
+    inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+    return [
+        {
+            "frame": f.name,
+            "chip": lay.name,
+            "id": int(i),
+            "x": float(xs),
+            "y": float(ys),
+            "flux": float(fl),
+            "on_chip": bool(ins),
+            "galaxy": True,
+        }
+        for i, xs, ys, fl, ins in zip(sub["id"], x, y, flux, inside, strict=True)
+    ]
 
 
 def _starlight(night: _Night, f: Frame, lay, wcs) -> tuple[np.ndarray, list[dict]]:
-    """Electrons of the stars on one chip (before the flat) and their truth rows."""
+    """Electrons of the stars (and galaxies) on one chip (before the flat), truth rows."""
     light = np.zeros(lay.data_shape, dtype=np.float64)
+    cond = f.conditions(lay.band)
+    gal_rows = _galaxy_light(night, f, lay, wcs, light, cond)
     stars = night.stars
     if not len(stars):
-        return light, []
+        return light, gal_rows
     beta = night.sc["seeing"]["moffat_beta"]
     ny, nx = lay.data_shape
     x, y = wcs.world_to_pixel(stars["ra"], stars["dec"])
     m = STAR_MARGIN_PX
     near = (x > -m) & (x < nx - 1 + m) & (y > -m) & (y < ny - 1 + m)
     x, y = x[near], y[near]
-    flux = f.exptime * 10 ** (-0.4 * (np.asarray(stars[f"{f.band}_mag"])[near] - f.zero_point))
-    fwhm_px = f.seeing / lay.pixel_scale
+    mag = np.asarray(stars[f"{cond['band']}_mag"])[near]
+    flux = f.exptime * 10 ** (-0.4 * (mag - cond["zero_point"]))
+    fwhm_px = cond["seeing"] / lay.pixel_scale
     optics.render_stars(light, x, y, flux, fwhm_px, beta)
     peak = flux * (beta - 1) / (np.pi * optics.moffat_alpha(fwhm_px, beta) ** 2)
     inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
     ids = np.asarray(stars["id"])[near]
-    rows = [
+    rows = gal_rows + [
         {
             "frame": f.name,
             "chip": lay.name,
@@ -380,17 +492,21 @@ def _expected_electrons(night: _Night, f: Frame, lay) -> tuple[np.ndarray, list,
     expected = night.darks[lay.name].astype(np.float64) * f.exptime
     if f.imagetype not in ("science", "flat", "twilight-flat"):
         return expected, [], None
-    flat = night.flats[f.band][lay.name]
+    cond = f.conditions(lay.band)
+    flat = night.flats[cond["band"]][lay.name]
     east, north = night.focal[lay.name]
     frac, angle = f.sky_gradient
     if f.imagetype == "science":
         wcs = optics.chip_wcs(lay, f.ra, f.dec, f.pa)
         light, rows = _starlight(night, f, lay, wcs)
-        light += f.sky * f.exptime * _gradient(east, north, frac, angle, night.diameter)
+        light += cond["sky"] * f.exptime * _gradient(east, north, frac, angle, night.diameter)
+        fringe = night.fringes.get(cond["band"], {}).get(lay.name)
+        if fringe is not None:  # additive, scaling with the sky level (before the flat)
+            light += fringe * (cond["sky"] * f.exptime)
         return expected + light * flat, rows, wcs
     if f.imagetype == "flat":  # the lamp lights the mosaic with a fixed, gentle gradient
         frac, angle = night.sc["calibrations"]["flat"]["dome_illumination"], 0.7
-    illum = f.illumination * f.exptime * _gradient(east, north, frac, angle, night.diameter)
+    illum = cond["illumination"] * f.exptime * _gradient(east, north, frac, angle, night.diameter)
     return expected + illum * flat, [], None
 
 
@@ -425,6 +541,7 @@ def _expose(night: _Night, f: Frame, f_i: int, lay) -> dict:
     mask = fits.CompImageHDU(
         (cosmic > 0).astype(np.uint8), header=header, name=lay.name, compression_type="RICE_1"
     )
+    cond = f.conditions(lay.band)
     chip_row = {
         "frame": f.name,
         "chip": lay.name,
@@ -432,6 +549,11 @@ def _expose(night: _Night, f: Frame, f_i: int, lay) -> dict:
         "n_cosmic_rays": n_cr,
         "gain": lay.gain,
         "read_noise": lay.read_noise,
+        "band": cond["band"] or "",
+        "zero_point": cond["zero_point"],
+        "sky": cond["sky"],
+        "seeing": cond["seeing"],
+        "illumination": cond["illumination"],
     }
     return {"raw": raw, "mask": mask, "chip_row": chip_row, "star_rows": star_rows}
 
@@ -476,16 +598,38 @@ def simulate_night(
         distortion_arcsec_at_600=(
             distortion["shift_arcsec_at_10arcmin"] if distortion["enabled"] else 0.0
         ),
+        chip_size=sc["camera"]["chip_size"],
+        only=sc["camera"]["chips"],
+        fallback=sc["camera"],
     )
+    nir_cam = sim_nir.NirCamera(sc, inst, layouts) if sim_nir.is_nir(layouts) else None
+    not_ccd = [f"{lay.name} ({lay.kind})" for lay in layouts if lay.kind != "ccd" and not nir_cam]
+    if not_ccd:
+        raise ImredError(
+            f"{inst.source}: chips {', '.join(not_ccd)} are not CCDs, which the simulator does "
+            "not write yet; leave them out with camera.chips in the scenario"
+        )
     band_names = [b["name"] for b in sc["bands"]]
     polys = catalog.colour_polynomials(sc["stars"], band_names)
     night_id = sc["night"].replace("-", "")
     outdir = Path(outdir)
     raw_dir, truth_dir = outdir / "raw", outdir / "truth"
     frames = plan_night(sc, inst, layouts, f"{inst.name}_{night_id}")
-    files = [raw_dir / f"{f.name}.fits" for f in frames]
+    groups = rawfiles.raw_files(layouts)  # the files of one exposure
+    files = [
+        [raw_dir / rawfiles.file_name(g, f.name, f.index, f.dateobs) for g in groups]
+        for f in frames
+    ]
+    if nir_cam is not None:  # NIR arrays: one file per read (imred.sim.nir)
+        files = [nir_cam.read_files(f, paths) for f, paths in zip(frames, files, strict=True)]
+    all_files = [p for paths in files for p in paths]
+    if len(set(all_files)) != len(all_files):
+        raise ImredError(
+            f"{inst.source}: the chips' select.filename globs give two exposures the same file "
+            "name; the first wildcard of each must leave room for the exposure number"
+        )
     if raw_dir.is_dir():
-        ours = {p.name for p in files}
+        ours = {p.name for p in all_files}
         foreign = sorted(p.name for p in raw_dir.iterdir() if p.name not in ours)
         if foreign:
             raise ImredError(
@@ -498,6 +642,7 @@ def simulate_night(
 
     # fixed per-chip products
     biases, darks, bits, flats = {}, {}, {}, {b: {} for b in band_names}
+    wheel = [b["name"] for b in sequence_bands(sc, layouts)[0]]
     for lay in layouts:
         c = lay.index
         biases[lay.name] = detector.bias_structure(
@@ -507,6 +652,8 @@ def simulate_night(
             lay, sc["dark"], sc["bad_columns"], np.random.default_rng([seed_, _DARK, c])
         )
         for b_index, band in enumerate(band_names):
+            if band != lay.band and (lay.band or band not in wheel):
+                continue  # a band this chip never sees (split detectors)
             flats[band][lay.name] = detector.make_flat(
                 lay,
                 sc["flat"],
@@ -516,27 +663,53 @@ def simulate_night(
                 np.random.default_rng([seed_, _FLAT_WINDOW, c]),
             )
     diameter = 2.0 * _footprint_radius(layouts)
+    fringes = _fringe_patterns(sc, layouts, flats)
 
     # stars: a catalog covering every dither of every chip, and the reference catalog
     fld, dith = sc["field"], sc["dither"]
     reach = max(np.hypot(*o) for o in dith["offsets_arcsec"]) if dith["enabled"] else 0.0
     margin = STAR_MARGIN_PX * max(lay.pixel_scale for lay in layouts)
     radius = diameter / 2 + reach + 5 * dith["pointing_error_arcsec"] + margin + 30.0
-    stars = catalog.make_star_catalog(
-        sc["stars"], fld["ra_deg"], fld["dec_deg"], radius, np.random.default_rng([seed_, _CATALOG])
-    )
+    if sc["stars"]["enabled"] and sc["stars"]["catalog"]:
+        stars = catalog.read_star_catalog(sc["stars"], base, fld["ra_deg"], fld["dec_deg"], radius)
+    else:
+        stars = catalog.make_star_catalog(
+            sc["stars"],
+            fld["ra_deg"],
+            fld["dec_deg"],
+            radius,
+            np.random.default_rng([seed_, _CATALOG]),
+        )
     refcat = catalog.make_refcat(
         stars,
         sc["refcat"],
         sc["stars"]["reference_band"],
-        list(polys),
+        [c[: -len("_mag")] for c in stars.colnames if c.endswith("_mag")],
         np.random.default_rng([seed_, _REFCAT]),
     )
+    galaxy_table = None
+    if sc["galaxies"]["enabled"]:
+        lacking = [b for b in band_names if b not in polys]
+        if lacking:
+            raise ImredError(
+                f"scenario: galaxies need stars.colours entries for {', '.join(lacking)} "
+                "(galaxy magnitudes come from the colour polynomials)"
+            )
+        galaxy_table = galaxies.make_galaxy_catalog(
+            sc["galaxies"],
+            polys,
+            sc["stars"]["reference_band"],
+            fld["ra_deg"],
+            fld["dec_deg"],
+            radius,
+            np.random.default_rng([seed_, _GALAXIES]),
+            max(GALAXY_FIRST_ID, int(np.max(stars["id"], initial=0)) + 1),
+        )
 
     # the bias level: a random walk per chip through the night
     drift_sd = sc["bias"]["drift_adu"] if sc["bias"]["enabled"] else 0.0
     steps = np.random.default_rng([seed_, _BIAS, 999]).normal(
-        0.0, drift_sd, (len(frames), len(layouts))
+        0.0, drift_sd, (len(frames), len(inst.chips))
     )
     nonlin = inst.detector.get("nonlinearity", {}).get("polynomial")
     night = _Night(
@@ -551,13 +724,27 @@ def simulate_night(
         polynomial=nonlin if (sc["nonlinearity"]["enabled"] and nonlin) else None,
         focal={lay.name: lay.focal_plane() for lay in layouts},
         diameter=diameter,
+        galaxies=galaxy_table,
+        fringes=fringes,
     )
 
     star_rows: list[dict] = []
     chip_rows: list[dict] = []
-    for f_i, (f, path) in enumerate(zip(frames, files, strict=True)):
-        chips = [_expose(night, f, f_i, lay) for lay in layouts]
-        _write_raw(path, f, [c["raw"] for c in chips], sc, inst, layouts)
+    for f_i, (f, paths) in enumerate(zip(frames, files, strict=True)):
+        if nir_cam is not None:  # NIR arrays: their reads (imred.sim.nir)
+            electrons = [_expected_electrons(night, f, lay) for lay in layouts]
+            chips = nir_cam.expose(f, electrons, night.biases, night.drift[f_i], night.polynomial)
+        else:
+            chips = [_expose(night, f, f_i, lay) for lay in layouts]
+        reads = nir_cam.files(f, paths) if nir_cam is not None else [(f, paths, (), "raw")]
+        for read_f, read_paths, cards, key in reads:
+            for group, path in zip(groups, read_paths, strict=True):
+                mine = [c for c in chips if c["chip_row"]["chip"] in group.chip_names]
+                arrays = [c[key] for c in mine]
+                _write_raw(path, read_f, arrays, sc, inst, group.layouts, cards)
+                for c, lay in zip(mine, group.layouts, strict=True):
+                    c["chip_row"].setdefault("file", path.name)
+                    c["chip_row"]["extension"] = str(lay.extension)
         primary = fits.PrimaryHDU(
             header=fits.Header([("FRAME", f.name), ("IMAGETYP", f.imagetype)])
         )
@@ -577,16 +764,40 @@ def simulate_night(
         star_rows,
         chip_rows,
     )
+    if nir_cam is not None:
+        nir_cam.write_truth(truth_dir, {f.name: p for f, p in zip(frames, files, strict=True)})
     return {
         "raw": str(raw_dir),
         "truth": str(truth_dir),
-        "files": [str(p) for p in files],
-        "n_files": len(files),
+        "files": [str(p) for p in all_files],
+        "n_files": len(all_files),
         "instrument": inst.name,
         "night": night_id,
         "seed": seed_,
         "n_stars": len(stars),
+        "n_galaxies": 0 if galaxy_table is None else len(galaxy_table),
     }
+
+
+def _fringe_patterns(sc: dict, layouts, flats: dict) -> dict:
+    """Fringe pattern (fraction of the sky) per band with a fringe amplitude and chip."""
+    out: dict[str, dict] = {}
+    if not sc["fringes"]["enabled"]:
+        return out
+    for b_index, band in enumerate(sc["bands"]):
+        if band["fringe_amplitude"] <= 0:
+            continue
+        for lay in layouts:
+            if lay.name not in flats[band["name"]]:
+                continue  # a band this chip never sees
+            out.setdefault(band["name"], {})[lay.name] = detector.fringe_pattern(
+                lay.data_shape,
+                band["fringe_amplitude"],
+                sc["fringes"],
+                np.random.default_rng([sc["seed"], _FRINGE_CHIP, lay.index]),
+                np.random.default_rng([sc["seed"], _FRINGE_BAND, lay.index, b_index]),
+            )
+    return out
 
 
 _FRAME_UNITS = {
@@ -606,11 +817,11 @@ _FRAME_UNITS = {
 }
 
 
-def _frame_row(f: Frame, path: Path) -> dict:
+def _frame_row(f: Frame, paths: list[Path]) -> dict:
     frac, angle = f.sky_gradient
     return {
         "frame": f.name,
-        "file": path.name,
+        "file": ",".join(p.name for p in paths),
         "imagetype": f.imagetype,
         "band": f.band or "",
         "exptime": f.exptime,
@@ -653,9 +864,16 @@ def _write_truth(
     _write_table(truth_dir / "frame_chips.ecsv", Table(rows=chip_rows))
     cols = ["frame", "chip", "id", "x", "y", "flux", "peak", "on_chip"]
     types = [str, str, np.int64, float, float, float, float, bool]
-    sf = Table(rows=[[r[c] for c in cols] for r in star_rows], names=cols, dtype=types)
+    rows = [[r[c] for c in cols] for r in star_rows if not r.get("galaxy")]
+    sf = Table(rows=rows, names=cols, dtype=types)
     _write_table(truth_dir / "star_frames.ecsv", sf)
     _write_table(truth_dir / "stars.ecsv", night.stars)
+    if night.galaxies is not None:
+        _write_table(truth_dir / "galaxies.ecsv", night.galaxies)
+        cols = ["frame", "chip", "id", "x", "y", "flux", "on_chip", "galaxy"]
+        types = [str, str, np.int64, float, float, float, bool, bool]
+        rows = [[r[c] for c in cols] for r in star_rows if r.get("galaxy")]
+        _write_table(truth_dir / "galaxy_frames.ecsv", Table(rows=rows, names=cols, dtype=types))
     _write_table(truth_dir / "refcat.fits", refcat)
     nl = inst.detector.get("nonlinearity", {})
     poly = nl.get("polynomial") or [1.0]
@@ -671,7 +889,14 @@ def _write_truth(
     bit_hdr = {f"BIT{v}": k for k, v in detector.BADPIX_BITS.items()}
     _write_hdus(truth_dir / "badpix.fits", _chip_hdus(bits, layouts, bit_hdr))
     for band, per_chip in night.flats.items():
-        _write_hdus(truth_dir / f"flat_{band}.fits", _chip_hdus(per_chip, layouts, {"BAND": band}))
+        seen = [lay for lay in layouts if lay.name in per_chip]  # split chips see one band
+        if not seen:
+            continue
+        _write_hdus(truth_dir / f"flat_{band}.fits", _chip_hdus(per_chip, seen, {"BAND": band}))
+    for band, per_chip in night.fringes.items():
+        seen = [lay for lay in layouts if lay.name in per_chip]
+        hdr = {"BAND": band, "COMMENT": "fringe e- = pattern x sky (e-/s/pix) x exptime"}
+        _write_hdus(truth_dir / f"fringe_{band}.fits", _chip_hdus(per_chip, seen, hdr))
 
 
 # ----------------------------------------------------------------------- CLI

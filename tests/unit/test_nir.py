@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from imred.calib import calibrate_chip, prepare_exposure
 from imred.errors import ImredError
+from imred.instrument import Chip
+from imred.mask import Bit
 from imred.nir import (
     build_nonlinearity_cube,
     cds,
     cds_exptime,
+    combination_weights,
+    combine_mode,
+    combine_reads,
     correct_nonlinearity,
     correct_reference_pixels,
+    exposure_time,
     fowler,
     fowler_exptime,
     ramp_exptime,
@@ -369,3 +376,137 @@ def test_build_nonlinearity_cube_with_noise():
 
     with pytest.raises(ImredError, match="at least"):
         build_nonlinearity_cube(reads[:4], times[:4], linear_max_adu=5000.0)
+
+
+# --------------------------------------------------------------------------------------
+# one exposure from its reads: combine_reads, prepare_exposure, calibrate_chip
+# --------------------------------------------------------------------------------------
+
+
+def _textbook_sigma(mode: str, rate: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
+    """1-sigma error (ADU/s) of a rate from the standard formulas, not the library's algebra.
+
+    CDS: var(S) = 2 rn^2 + S; Fowler-N (group spacing d, exposure T): var(S) = 2 rn^2 / N
+    + S (1 - (N^2 - 1) d / (3 N T)); ramp of n reads d apart (Rauscher et al. 2007):
+    var(rate) = 12 rn^2 / (n (n^2 - 1) d^2) + 6 (n^2 + 1) rate / (5 n (n^2 - 1) d).
+    In ADU with rate / GAIN the Poisson variance per second.
+    """
+    if mode == "ramp":
+        d = times[1] - times[0]
+        var = 12 * READ_NOISE**2 / (n * (n**2 - 1) * d**2)
+        return np.sqrt(var + 6 * (n**2 + 1) * rate / GAIN / (5 * n * (n**2 - 1) * d))
+    d, t = times[1] - times[0], times[n] - times[0]
+    poisson = 1 - (n**2 - 1) * d / (3 * n * t) if n > 1 else 1.0
+    return np.sqrt(2 * READ_NOISE**2 / n + rate * t / GAIN * poisson) / t
+
+
+@pytest.mark.parametrize(
+    ("mode", "times", "n"),
+    [
+        ("cds", np.array([1.4, 21.4]), 1),
+        ("fowler", np.array([1.4, 2.8, 4.2, 5.6, 21.4, 22.8, 24.2, 25.6]), 4),
+        ("ramp", 1.4 + 2.0 * np.arange(10), 10),
+    ],
+)
+def test_combine_reads_recovers_the_rate_within_the_textbook_noise(mode, times, n):
+    rng = np.random.default_rng(31)
+    rate = rng.uniform(5.0, 500.0, (100, 100))
+    reads = _simulate_reads(rate, times, rng)
+    w = combination_weights(times, mode, n if mode == "fowler" else None)
+    assert w.sum() == pytest.approx(0.0, abs=1e-12) and w @ times == pytest.approx(1.0)
+    out = combine_reads(reads, times, mode, n_pedestal=n if mode == "fowler" else None)
+    sigma = _textbook_sigma(mode, rate, times, n)
+    pull = (out.rate - rate) / sigma
+    # found mean 0.010 / 0.001 / 0.010, std 0.990 / 1.002 / 0.996 (cds / fowler / ramp)
+    assert abs(pull.mean()) < 0.05 and pull.std() == pytest.approx(1.0, abs=0.04)
+    # the library's noise factors are the textbook's
+    model = np.sqrt(out.read_factor * READ_NOISE**2 + out.poisson_factor * rate / GAIN)
+    assert model == pytest.approx(sigma, rel=1e-9)
+    assert not out.saturated.any() and np.all(out.n_used == times.size)
+    if mode == "ramp":  # the same least-squares slope as ramp_slope
+        assert out.rate == pytest.approx(ramp_slope(reads, times, np.inf)[0], rel=1e-9)
+
+
+def test_combine_reads_ignores_saturated_reads_and_flags_only_early_saturation():
+    rng = np.random.default_rng(32)
+    times = np.array([1.4, 2.8, 21.4, 22.8])  # Fowler-2
+    rate = rng.uniform(20.0, 200.0, (60, 100))
+    rate[20:40] = rng.uniform(2000.0, 2600.0, (20, 100))  # saturate in the signal reads
+    rate[40:50] = 60000.0  # saturated before the second read
+    reads = _simulate_reads(rate, times, rng)
+    out = combine_reads(reads, times, "fowler", n_pedestal=2, bad=reads >= SATURATION)
+    assert np.all(out.n_used[:20] == 4)
+    assert np.all(out.n_used[20:40] == 2) and not out.saturated[20:40].any()
+    # the pedestal reads alone still give the rate, unbiased, with their (larger) noise
+    sigma = np.sqrt(out.read_factor * READ_NOISE**2 + out.poisson_factor * rate / GAIN)
+    pull = (out.rate[20:40] - rate[20:40]) / sigma[20:40]
+    # found mean -0.039, std 1.000 over 2000 pixels
+    assert abs(pull.mean()) < 0.1 and pull.std() == pytest.approx(1.0, abs=0.1)
+    naive = combine_reads(reads, times, "fowler", n_pedestal=2).rate
+    assert np.median(naive[20:40] / rate[20:40]) < 0.8  # clipped reads pull it: found 0.59
+    assert out.saturated[40:50].all() and not out.saturated[:40].any()
+    assert np.all(out.saturated == (out.n_used < 2))
+
+
+def test_combination_modes_exposure_times_and_errors():
+    fowler_t = np.array([1.4, 2.8, 11.4, 12.8])
+    assert exposure_time(fowler_t, "fowler") == pytest.approx(10.0)
+    assert exposure_time(fowler_t, "ramp") == pytest.approx(11.4)
+    assert exposure_time([1.4, 11.4], "cds") == pytest.approx(10.0)
+    assert combine_mode("nir-fowler") == "fowler" and combine_mode("nir-cds") == "cds"
+    assert combine_mode("nir-fowler", "ramp") == "ramp" and combine_mode("nir-ramp") == "ramp"
+    with pytest.raises(ImredError, match="no non-destructive reads"):
+        combine_mode("ccd")
+    with pytest.raises(ImredError, match="unknown read combination"):
+        combine_mode("nir-cds", "median")
+    with pytest.raises(ImredError, match="CDS takes 2 reads"):
+        exposure_time(fowler_t, "cds")
+    with pytest.raises(ImredError, match="as many pedestal"):
+        exposure_time(fowler_t[:3], "fowler")
+
+
+def test_prepare_exposure_corrects_reference_pixels_linearises_and_sets_the_variance():
+    """Raw reads with per-output reference drifts and a non-linear response -> the
+    calibrated frame is rate x exptime in e-, with a variance that matches its scatter."""
+    rng = np.random.default_rng(33)
+    n, width, n_out = 128, 4, 4
+    times = np.array([1.4, 2.8, 11.4, 12.8])
+    poly = [1.0, 0.0, 2e-11]
+    rate = np.zeros((n, n))
+    rate[width:-width, width:-width] = rng.uniform(50.0, 2000.0, (n - 2 * width, n - 2 * width))
+    rate[60:62, 60:70] = 9000.0  # saturates in the signal reads only
+    rate[70, 60:70] = 100000.0  # saturated before the second read
+    linear = _simulate_reads(rate, times, rng) - BIAS + rng.normal(0, 20.0, (n, n))  # + reset
+    reads = BIAS + _observed_level(np.clip(linear, 0, None), np.array(poly)) + np.minimum(linear, 0)
+    group = 2 * (np.arange(n) // (n // n_out)) + np.arange(n) % 2
+    for i in range(times.size):  # a level and a slope per output and parity, new each read
+        level = rng.normal(0.0, 100.0, 2 * n_out)[group]
+        slope = rng.normal(0.0, 20.0, 2 * n_out)[group]
+        reads[i] += level + slope * (np.arange(n)[:, None] / (n - 1) - 0.5)
+    reads = np.minimum(reads, HARD_LIMIT)
+    chip = Chip(name="h2rg", trimsec=f"[{width + 1}:{n - width},{width + 1}:{n - width}]")
+    reference = {"mode": "ramp", "width": width, "outputs": n_out, "smooth_sigma": 7.0}
+    p = prepare_exposure(
+        list(reads), times, chip, (1, 1), saturation=SATURATION,
+        nonlinearity={"polynomial": poly, "max_adu": 20000.0}, reference=reference,
+        combine="fowler", exptime=10.0, n_pedestal=2,
+    )  # fmt: skip
+    assert p.steps == ["reference:ramp", "trim", "fowler", "nonlinearity"]
+    cal = calibrate_chip(
+        p, gain=GAIN, read_noise=READ_NOISE * GAIN, exptime=10.0, saturation_adu=SATURATION,
+        bias=None, dark=None, flat=None, static_mask=None,
+        settings={"cosmic_rays": {"enabled": False}},
+    )  # fmt: skip
+    truth = rate[width:-width, width:-width] * 10.0 * GAIN  # e- in the exposure time
+    pull = (cal.sci - truth) / np.sqrt(cal.var)
+    sat = (cal.mask & Bit.SATURATED) != 0
+    ok = ~sat
+    # found mean -0.012, std 1.004 over 14390 pixels: drifts, reset levels and the
+    # non-linearity (up to 1.3 % at the top) are gone, and VAR is the noise
+    assert abs(pull[ok].mean()) < 0.05 and pull[ok].std() == pytest.approx(1.0, abs=0.05)
+    # SATURATED only where the second read was already saturated
+    assert np.array_equal(np.flatnonzero(sat.any(axis=1)) + width, [70])
+    assert np.all(np.abs(pull[56:58, 56:66]) < 5)  # saturated later: 2 reads (found 2.2)
+    # NONLINEAR where a read that was used is beyond max_adu (25200 ADU at 2.8 s)
+    nonlinear = (cal.mask & Bit.NONLINEAR) != 0
+    assert nonlinear[56:58, 56:66].all() and not nonlinear[rate[4:-4, 4:-4] < 1500].any()

@@ -395,6 +395,10 @@ def test_twilight_flats_normalise_and_reach_the_wanted_level(tmp_path):
     tw = truth.of_type("twilight-flat")
     assert len(tw) == 4
     assert np.all(np.diff(tw["mjd"]) > 0) and np.all((tw["exptime"] >= 1) & (tw["exptime"] <= 120))
+    for band in ("g", "r"):  # the sky fades through each band's sequence; exposures lengthen
+        seq = tw[tw["band"] == band]
+        assert np.all(np.diff(seq["illumination"]) < 0), seq["illumination"]
+        assert np.all(np.diff(seq["exptime"]) >= 0)
     for row in tw:
         path = next(p for p in summary["files"] if Path(p).name == row["file"])
         with fits.open(path) as hdul:

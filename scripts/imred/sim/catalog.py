@@ -14,17 +14,20 @@ and positions scattered by an error that grows for faint stars.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from astropy.table import Table
 
 from ..errors import ImredError
-from .optics import tan_to_sky
+from .optics import sky_to_tan, tan_to_sky
 
 
 def colour_polynomials(stars: dict, bands: list[str]) -> dict[str, np.ndarray]:
     """Colour polynomial of each catalog band; the observed bands must be among them."""
     table = {c["band"]: np.asarray(c["terms"], dtype=float) for c in stars["colours"]}
-    missing = [b for b in [*bands, stars["reference_band"]] if b not in table]
+    given = {k[: -len("_mag")] for k in ((stars.get("catalog") or {}).get("columns") or {})}
+    missing = [b for b in [*bands, stars["reference_band"]] if b not in table and b not in given]
     if missing:
         raise ImredError(
             f"scenario: stars.colours has no entry for band(s) {', '.join(sorted(set(missing)))}; "
@@ -120,3 +123,107 @@ def make_refcat(
     out.meta["BRIGHTLM"] = refcat["bright_limit"]
     out.meta["DEPTH5S"] = refcat["depth_5sigma"]
     return out
+
+
+def read_star_catalog(stars: dict, base, ra0: float, dec0: float, radius_arcsec: float) -> Table:
+    """The stars of a real catalog file within ``radius_arcsec`` of (ra0, dec0).
+
+    ``stars.catalog`` gives the ``file`` (any table astropy reads; a relative path is
+    taken from the scenario's folder) and ``columns``, which maps ``ra``, ``dec`` (deg,
+    ICRS), optionally ``id``, ``gr`` (g - r) and ``{band}_mag`` to the file's column names.
+    Every catalog band (``stars.colours``) missing from ``columns`` is made from the
+    reference band with the colour polynomials, the colour being ``gr`` or else
+    ``g_mag - r_mag``. Rows with a missing or non-finite value in a used column are
+    dropped. Returns the columns of :func:`make_star_catalog` (``id`` is the file's id
+    column, else the 1-based row number in the file).
+    """
+    spec = stars["catalog"]
+    path = Path(spec["file"]).expanduser()
+    if not path.is_absolute():
+        path = Path(base) / path
+    if not path.is_file():
+        raise ImredError(f"scenario: stars.catalog.file '{spec['file']}' does not exist ({path})")
+    try:
+        table = Table.read(path)
+    except Exception as err:  # astropy raises many kinds for unreadable files
+        raise ImredError(f"scenario: stars.catalog.file '{path}' cannot be read: {err}") from None
+    columns = dict(spec["columns"])
+    missing = [f"{k}: {v}" for k, v in columns.items() if v not in table.colnames]
+    if missing:
+        raise ImredError(
+            f"scenario: stars.catalog.columns name columns that {path.name} does not have "
+            f"({', '.join(missing)}); its columns: {', '.join(table.colnames)}"
+        )
+    for key in ("ra", "dec"):
+        if key not in columns:
+            raise ImredError(f"scenario: stars.catalog.columns needs '{key}' (a column name)")
+    polys = colour_polynomials(stars, [])
+    ref = stars["reference_band"]
+    given = {k[: -len("_mag")] for k in columns if k.endswith("_mag")}
+    bands = list(polys) + sorted(given - set(polys))
+    needed = [b for b in polys if b not in given]
+    if needed:
+        if f"{ref}_mag" not in columns:
+            raise ImredError(
+                f"scenario: stars.catalog.columns has no '{ref}_mag' (the reference band "
+                f"stars.reference_band) to make {', '.join(needed)} from; map it or every band"
+            )
+        if ref not in polys:
+            raise ImredError(
+                f"scenario: stars.colours has no entry for the reference band {ref}, needed to "
+                f"make {', '.join(needed)} from it; add one (or map every band in "
+                "stars.catalog.columns)"
+            )
+        if "gr" not in columns and not {"g_mag", "r_mag"} <= set(columns):
+            raise ImredError(
+                "scenario: stars.catalog.columns needs 'gr' or both 'g_mag' and 'r_mag' (the "
+                f"g - r colour) to make {', '.join(needed)} with stars.colours"
+            )
+
+    def col(key):
+        c = table[columns[key]]
+        values = np.ma.filled(np.ma.asarray(c, dtype=float), np.nan)
+        return np.asarray(values, dtype=float)
+
+    used = {k: col(k) for k in columns if k != "id"}
+    good = np.all([np.isfinite(v) for v in used.values()], axis=0)
+    ids = (
+        np.asarray(table[columns["id"]], dtype=np.int64)
+        if "id" in columns
+        else np.arange(1, len(table) + 1, dtype=np.int64)
+    )
+    ra, dec = used["ra"], used["dec"]
+    xi, eta = sky_to_tan(ra, dec, ra0, dec0)
+    with np.errstate(invalid="ignore"):
+        near = good & (np.hypot(xi, eta) <= radius_arcsec) & (_cos_sep(ra, dec, ra0, dec0) > 0)
+    out = Table()
+    out["id"] = ids[near]
+    out["ra"] = ra[near] % 360.0
+    out["dec"] = dec[near]
+    out["ra"].unit = out["dec"].unit = "deg"
+    if "gr" in columns:
+        gr = used["gr"][near]
+    elif {"g_mag", "r_mag"} <= set(columns):
+        gr = used["g_mag"][near] - used["r_mag"][near]
+    else:
+        gr = np.full(int(near.sum()), np.nan)
+    out["gr"] = gr
+    for band in bands:
+        if band in given:
+            out[f"{band}_mag"] = used[f"{band}_mag"][near]
+        else:
+            p_ref = np.polyval(polys[ref][::-1], gr)
+            p_band = np.polyval(polys[band][::-1], gr)
+            out[f"{band}_mag"] = used[f"{ref}_mag"][near] + p_band - p_ref
+        out[f"{band}_mag"].unit = "mag"
+    if len(np.unique(out["id"])) != len(out):
+        raise ImredError(f"scenario: stars.catalog: ids in {path.name} are not unique")
+    out.meta["REFBAND"] = ref
+    out.meta["CATFILE"] = path.name
+    out.meta["NDROPPED"] = int(np.sum(~good))
+    return out
+
+
+def _cos_sep(ra, dec, ra0, dec0):
+    d, d0 = np.radians(dec), np.radians(dec0)
+    return np.sin(d) * np.sin(d0) + np.cos(d) * np.cos(d0) * np.cos(np.radians(ra - ra0))

@@ -262,3 +262,46 @@ def read_out(
     adu += bias
     top = min(layout.saturation, 65535.0) if saturation else 65535.0
     return np.clip(np.rint(adu), 0, top).astype(np.uint16)
+
+
+def _interpolation_matrix(n_out: int, n_in: int, step: float) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights from a coarse grid (pitch ``step``)."""
+    pos = np.clip(np.arange(n_out) / step, 0.0, n_in - 1.0)
+    lo = np.minimum(np.floor(pos).astype(int), n_in - 2) if n_in > 1 else np.zeros(n_out, int)
+    w = pos - lo
+    mat = np.zeros((n_out, n_in))
+    mat[np.arange(n_out), lo] = 1.0 - w
+    if n_in > 1:
+        mat[np.arange(n_out), lo + 1] += w
+    return mat
+
+
+def fringe_pattern(
+    shape: tuple[int, int],
+    amplitude: float,
+    params: dict,
+    chip_rng: np.random.Generator,
+    band_rng: np.random.Generator,
+) -> np.ndarray:
+    """A fringe pattern (fraction of the sky, peak ``amplitude``) on a chip's data grid.
+
+    Fringes are interference in the thinned CCD: ``amplitude * cos(2 pi c t(x, y) + phi)``
+    with ``t`` a smooth random thickness map of the chip (rms 1, correlation length
+    ``fringes.scale_px``; ``chip_rng`` must give the same map in every band), ``c``
+    ``fringes.cycles`` times a per-band factor in 0.8-1.2 and ``phi`` a per-band phase
+    (``band_rng``).
+    """
+    ny, nx = shape
+    step = max(params["scale_px"] / 4.0, 1.0)
+    cy, cx = int(np.ceil((ny - 1) / step)) + 2, int(np.ceil((nx - 1) / step)) + 2
+    coarse = gaussian_filter1d(
+        gaussian_filter1d(chip_rng.standard_normal((cy, cx)), 4.0, axis=0, mode="wrap"),
+        4.0,
+        axis=1,
+        mode="wrap",
+    )
+    coarse = (coarse - coarse.mean()) / (coarse.std() or 1.0)
+    thickness = _interpolation_matrix(ny, cy, step) @ coarse @ _interpolation_matrix(nx, cx, step).T
+    cycles = params["cycles"] * band_rng.uniform(0.8, 1.2)
+    phase = band_rng.uniform(0.0, 2 * np.pi)
+    return (amplitude * np.cos(2 * np.pi * cycles * thickness + phase)).astype(np.float32)

@@ -99,6 +99,8 @@ def encode_value(key: str, spec: dict, value: Any, source: str) -> list[tuple[st
         return [(spec["keywords"][0], raw)]
     keyword = spec.get("keyword")
     if keyword is None:
+        if "divide_by" in spec and isinstance(value, (int, float)):
+            return [(spec["divide_by"], 1.0)]  # the instrument file's own value, divided by 1
         return []  # a fixed value: nothing to write
     keyword = keyword if isinstance(keyword, str) else keyword[0]
     if "map" in spec:

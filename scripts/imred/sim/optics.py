@@ -26,7 +26,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import ImredError
-from ..sections import parse_section
+from ..sections import format_section, parse_section
 
 
 @dataclass
@@ -58,6 +58,9 @@ class ChipLayout:
     crpix: np.ndarray  # (2,) 1-based pixel of the optical axis on the data grid
     cd0: np.ndarray  # (2, 2) arcsec per pixel at PA = 0 (without the rotator term)
     k_distortion: float = 0.0  # per pixel^2
+    kind: str = "ccd"  # detector kind of the chip (instrument file: chip kind or detector kind)
+    band: str | None = None  # fixed band (split arrays behind their own filters), else None
+    select: dict = field(default_factory=dict)  # which file carries the chip (file per chip)
     data_shape: tuple[int, int] = field(init=False)
 
     def __post_init__(self):
@@ -94,19 +97,61 @@ def _pixel_matrix(scale: float, rotator: dict, geometry: dict) -> np.ndarray:
     return m @ rot @ flip
 
 
-def chip_layouts(instrument, *, gain_enabled: bool, distortion_arcsec_at_600: float) -> list:
-    """Lay out the instrument's chips (raw shapes, amplifiers, focal-plane geometry)."""
+def chip_layouts(
+    instrument,
+    *,
+    gain_enabled: bool,
+    distortion_arcsec_at_600: float,
+    chip_size: tuple[int, int] | list | None = None,
+    only: list[str] | None = None,
+    fallback: dict | None = None,
+) -> list:
+    """Lay out the instrument's chips (raw shapes, amplifiers, focal-plane geometry).
+
+    Parameters
+    ----------
+    instrument : Instrument
+    gain_enabled : bool
+        Gains from the instrument file (else 1 e-/ADU).
+    distortion_arcsec_at_600 : float
+        Radial distortion: displacement (arcsec) at 600 arcsec from the optical axis.
+    chip_size : (nx, ny), optional
+        Raw size of chips whose instrument file gives no ``datasec`` (the whole array is
+        data); such a chip is an error without it.
+    only : list of str, optional
+        Simulate only these chips (names from the instrument file); default all.
+    fallback : dict, optional
+        ``gain``, ``read_noise`` for chips whose instrument file gives none (a camera
+        writing them to the header); None values do not count.
+
+    Chips that share a raw array (the same file and extension: a split detector behind
+    two filters) get the same ``raw_shape``; their data sections must not overlap.
+    """
     layouts = []
     rotator = instrument.rotator or {}
+    names = [c.name for c in instrument.chips]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ImredError(
+            f"scenario: camera.chips names {', '.join(unknown)}, not chips of "
+            f"{instrument.source} (its chips: {', '.join(names)})"
+        )
+    selected = [c.select for c in instrument.chips if not only or c.name in only]
+    if any(selected) and not all(selected):
+        raise ImredError(
+            f"{instrument.source}: some chips have 'select' (a file per chip) and others not; "
+            "the simulator needs either every chip or none to say which file carries it"
+        )
     for index, chip in enumerate(instrument.chips):
-        if chip.select:
-            raise ImredError(
-                f"{instrument.source}: chip {chip.name} is written to its own file ('select'); "
-                "the simulator writes one multi-extension file per exposure and cannot do that yet"
-            )
+        if only and chip.name not in only:
+            continue
         scale = instrument.chip_value(chip, "pixel_scale")
         gain = instrument.chip_value(chip, "gain")
         read_noise = instrument.chip_value(chip, "read_noise")
+        if gain is None:
+            gain = (fallback or {}).get("gain")
+        if read_noise is None:
+            read_noise = (fallback or {}).get("read_noise")
         saturation = instrument.chip_value(chip, "saturation")
         missing = [
             name
@@ -121,17 +166,22 @@ def chip_layouts(instrument, *, gain_enabled: bool, distortion_arcsec_at_600: fl
         if missing:
             raise ImredError(
                 f"{instrument.source}: chip {chip.name} has no {', '.join(missing)}; the simulator "
-                "needs them (set them on the chip or under detector/pixel_scale)"
+                "needs them (set them on the chip or under detector/pixel_scale; gain and "
+                "read_noise may also be given in the scenario as camera.gain, camera.read_noise)"
             )
-        if not chip.datasec:
+        if chip.datasec:
+            datasec = parse_section(chip.datasec)
+        elif chip_size:
+            datasec = (slice(0, int(chip_size[1])), slice(0, int(chip_size[0])))
+        else:
             raise ImredError(
-                f"{instrument.source}: chip {chip.name} has no datasec; the simulator needs the "
-                "raw layout (datasec and amplifiers with overscan)"
+                f"{instrument.source}: chip {chip.name} has no datasec, so the simulator does not "
+                "know its size; give it in the scenario as camera.chip_size: [nx, ny]"
             )
-        datasec = parse_section(chip.datasec)
         sections = [datasec]
         amps = []
-        for a_index, amp in enumerate(chip.amplifiers or [{"data": chip.datasec}]):
+        whole = format_section(*datasec)
+        for a_index, amp in enumerate(chip.amplifiers or [{"data": whole}]):
             data = parse_section(amp["data"])
             over = parse_section(amp["overscan"]) if amp.get("overscan") else None
             sections += [data] + ([over] if over else [])
@@ -180,9 +230,43 @@ def chip_layouts(instrument, *, gain_enabled: bool, distortion_arcsec_at_600: fl
                 crpix=crpix,
                 cd0=cd0,
                 k_distortion=k,
+                kind=str(instrument.chip_value(chip, "kind") or "ccd"),
+                band=chip.band,
+                select=dict(chip.select or {}),
             )
         )
+    _share_raw_arrays(layouts, instrument.source)
     return layouts
+
+
+def raw_array_key(layout: ChipLayout) -> tuple[str, str]:
+    """Which raw array holds a chip: (file selection, extension) - equal for split halves."""
+    return repr(sorted(layout.select.items())), str(layout.extension)
+
+
+def _share_raw_arrays(layouts: list, source: str) -> None:
+    """Give chips sharing a raw array its full shape; refuse overlapping data sections."""
+    groups: dict[tuple[str, str], list] = {}
+    for lay in layouts:
+        groups.setdefault(raw_array_key(lay), []).append(lay)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        shape = (max(m.raw_shape[0] for m in members), max(m.raw_shape[1] for m in members))
+        for i, a in enumerate(members):
+            a.raw_shape = shape
+            for b in members[i + 1 :]:
+                (ra, ca), (rb, cb) = a.datasec, b.datasec
+                if (
+                    ra.start < rb.stop
+                    and rb.start < ra.stop
+                    and ca.start < cb.stop
+                    and cb.start < ca.stop
+                ):
+                    raise ImredError(
+                        f"{source}: chips {a.name} and {b.name} share extension {a.extension} "
+                        "and their data sections overlap; a split detector's halves must not"
+                    )
 
 
 # ------------------------------------------------------------------ projections

@@ -7,11 +7,18 @@ sky fading by 1 mag per degree of solar depression; science frames (band after b
 dithered) are centred on the field's highest point during astronomical night (sun below
 -12 deg) unless ``observing.start`` is given. Sun and field altitudes and the airmass
 come from astropy (AltAz at the instrument's site).
+
+Chips with a fixed band (split detectors behind their own filters) see that band in
+every exposure: the sequence runs through the other bands (the filter wheel; if every
+chip has a fixed band, one sequence with the first band's exposure time and no filter),
+and each exposure also carries the conditions of the fixed bands (:attr:`Frame.chip_bands`:
+zero point with the band's extinction, sky with its own scatter, seeing scaled by the
+band's ``seeing_factor``; twilight sky for twilight flats).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from astropy import units as u
@@ -51,10 +58,50 @@ class Frame:
     sky_gradient: tuple[float, float] = (0.0, 0.0)  # (peak-to-peak fraction, direction rad)
     illumination: float = np.nan
     temperature: float = np.nan
+    chip_bands: dict = field(default_factory=dict)  # fixed band -> its zero_point, sky, ...
 
     @property
     def dateobs(self) -> str:
         return Time(self.mjd, format="mjd", scale="utc").isot
+
+    def conditions(self, band: str | None = None) -> dict:
+        """``band``, ``zero_point``, ``sky``, ``seeing``, ``illumination`` as seen through
+        a chip's fixed ``band`` (None or the frame's band: the frame's own values)."""
+        own = {
+            "band": self.band,
+            "zero_point": self.zero_point,
+            "sky": self.sky,
+            "seeing": self.seeing,
+            "illumination": self.illumination,
+        }
+        if band is None or band == self.band:
+            return own
+        return {**own, **self.chip_bands.get(band, {}), "band": band}
+
+
+def sequence_bands(sc: dict, layouts: list) -> tuple[list[dict], list[str]]:
+    """The bands the science and flat sequences step through, and the chips' fixed bands."""
+    bands = sc["bands"]
+    fixed = list(dict.fromkeys(lay.band for lay in layouts if lay.band))
+    if not fixed:
+        return bands, []
+    names = {b["name"] for b in bands}
+    missing = [b for b in fixed if b not in names]
+    if missing:
+        chips = [lay.name for lay in layouts if lay.band in missing]
+        raise ImredError(
+            f"scenario: bands has no entry for {', '.join(missing)}, the fixed band of chip(s) "
+            f"{', '.join(chips)} (a split detector); add them to bands (zero_point, "
+            "sky_mag_arcsec2, ...)"
+        )
+    wheel = [b for b in bands if b["name"] not in fixed]
+    free = [lay.name for lay in layouts if not lay.band]
+    if not wheel and free:
+        raise ImredError(
+            f"scenario: bands lists only the fixed bands of split chips ({', '.join(fixed)}); "
+            f"chips {', '.join(free)} take their band from the filter: add a band for them"
+        )
+    return wheel or [{**bands[0], "name": None}], fixed
 
 
 def _location(site: dict) -> EarthLocation:
@@ -101,7 +148,8 @@ def plan_night(sc: dict, inst: Instrument, layouts: list, frame_prefix: str) -> 
         raise ImredError(
             f"scenario: the sun does not set below -12 deg on {sc['night']} at this site"
         )
-    bands = sc["bands"]
+    bands, fixed = sequence_bands(sc, layouts)
+    all_bands = {b["name"]: b for b in sc["bands"]}
     scale = float(np.mean([lay.pixel_scale for lay in layouts]))
     gain = float(np.mean([lay.gain for lay in layouts]))
     saturation = float(min(lay.saturation for lay in layouts))
@@ -129,7 +177,8 @@ def plan_night(sc: dict, inst: Instrument, layouts: list, frame_prefix: str) -> 
         texp = flat["dome_exptime"]
         for band in bands:
             for _ in range(flat["count"]):
-                f = add("flat", texp, t, band=band["name"], target=f"domeflat {band['name']}")
+                name = band["name"]
+                f = add("flat", texp, t, band=name, target=f"domeflat {name or ''}".strip())
                 f.illumination = flat_e / texp * float(1.0 + rng.normal(0.0, 0.003))
                 t += texp / 86400.0 + read
     else:  # evening twilight, exposure times adapted to the fading sky
@@ -152,6 +201,10 @@ def plan_night(sc: dict, inst: Instrument, layouts: list, frame_prefix: str) -> 
                     texp = float(np.clip(round(flat_e / rate, 1), 1.0, 120.0))
                 f = add("twilight-flat", texp, t, band=band["name"], target="twilight flat")
                 f.illumination = rate
+                for name in fixed:
+                    b = all_bands[name]
+                    mu_b = b["twilight_mag_arcsec2"] + TWILIGHT_DIMMING * (-4.0 - alt)
+                    f.chip_bands[name] = {"illumination": _sky_rate(mu_b, b["zero_point"], scale)}
                 angle = float(rng.uniform(0, 2 * np.pi))
                 f.sky_gradient = (flat["twilight_gradient"], angle)
                 t += texp / 86400.0 + read
@@ -251,6 +304,22 @@ def plan_night(sc: dict, inst: Instrument, layouts: list, frame_prefix: str) -> 
             f.sky_gradient = (sc["sky"]["gradient"], float(rng.uniform(0, 2 * np.pi)))
         else:
             f.sky = 0.0
+    if fixed:  # conditions of the fixed bands: own stream, the frame's atmosphere
+        rng_fixed = np.random.default_rng([sc["seed"], PLAN_STREAM, 2])
+        for f in science:
+            seen = by_name[f.band]
+            for name in fixed:
+                b = all_bands[name]
+                ext = b["extinction"] * f.airmass if sc["extinction"]["enabled"] else 0.0
+                sky = 0.0
+                if sc["sky"]["enabled"]:
+                    rate = _sky_rate(b["sky_mag_arcsec2"], b["zero_point"], scale)
+                    sky = rate * float(1.0 + rng_fixed.normal(0.0, sc["sky"]["scatter"]))
+                f.chip_bands[name] = {
+                    "zero_point": float(b["zero_point"] - ext + 2.5 * np.log10(f.transparency)),
+                    "sky": sky,
+                    "seeing": f.seeing / seen["seeing_factor"] * b["seeing_factor"],
+                }
     frames.sort(key=lambda f: f.mjd)
     for n, f in enumerate(frames, start=1):
         f.index = n
