@@ -103,6 +103,14 @@ def detect_frame(calibrated: str, settings: dict, pixel_scale: float):
     return skysub, header, catalog, qa
 
 
+def _meta_float(meta, key: str) -> float:
+    """A number from a table's meta; NaN when absent or undefined (a FITS null)."""
+    try:
+        return float(meta.get(key))
+    except (TypeError, ValueError):
+        return np.nan
+
+
 def _finite(value) -> float | None:
     value = float(value)
     return value if np.isfinite(value) else None
@@ -218,7 +226,7 @@ def calibrate_frame_photometry(
     head = fits.getheader(wcs_path)
     p = read_image_product(skysub)
     exptime = float(p["header"]["EXPTIME"])
-    fwhm = float(catalog.meta.get("FWHMPX") or np.nan)
+    fwhm = _meta_float(catalog.meta, "FWHMPX")
     if not head.get("ASTOK", False):
         zp = {"ok": False, "reason": f"no astrometric solution: {head.get('ASTREAS', '')}"}
         out = catalog.copy()
@@ -240,8 +248,8 @@ def calibrate_frame_photometry(
     with np.errstate(divide="ignore", invalid="ignore"):
         out["mag"] = np.where(flux > 0, zp["zero_point"] - 2.5 * np.log10(flux / exptime), np.nan)
         out["mag_err"] = np.where(flux > 0, 1.0857 * err / flux, np.nan)
-    out.meta["ZP"] = zp["zero_point"]
-    out.meta["ZPERR"] = zp["zero_point_err"]
+    out.meta["ZP"] = _finite(zp["zero_point"])  # FITS has no NaN: None when it failed
+    out.meta["ZPERR"] = _finite(zp["zero_point_err"])
     out.meta["ZPNSTAR"] = zp["n_stars"]
     return zp, out
 
@@ -253,9 +261,13 @@ def frame_qa_table(entries: list[dict]) -> Table:
         "ellipticity", "n_sources", "sky", "sky_rms", "astrometric_rms_arcsec",
         "astrometry_matches", "zero_point", "zero_point_err", "zero_point_stars", "flags",
     ]  # fmt: skip
+    text = ("frame", "chip", "band", "target", "flags")
     rows = [{c: e.get(c) for c in cols} for e in entries]
     for r in rows:
         for c in cols:
-            if r[c] is None:
-                r[c] = "" if c in ("frame", "chip", "band", "target", "flags") else np.nan
+            # a missing value (None, or a FITS null read back as astropy's Undefined)
+            if c in text:
+                r[c] = r[c] or ""
+            elif not isinstance(r[c], int | float | np.number):
+                r[c] = _meta_float(r, c)
     return Table(rows=rows, names=cols) if rows else Table(names=cols)
