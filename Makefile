@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 DEMO := data/demo
 
-.PHONY: setup demo test lint bench-dag bench-demo bench-combine clean-demo
+.PHONY: setup demo test lint bench-dag bench-demo bench-combine bench-coadd clean-demo
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,10 @@ bench-demo: setup
 # The master combine against ccdproc.combine and numpy (throughput, peak memory).
 bench-combine: setup
 	@$(BIN)/python tests/benchmarks/combine.py
+
+# SWarp and reproject coadd paths on the same inputs (time, memory, flux, noise)
+bench-coadd: setup
+	@$(BIN)/python tests/benchmarks/coadd.py
 
 clean-demo:
 	rm -rf $(DEMO) results/demo logs benchmarks

@@ -11,6 +11,7 @@ include: "rules/common.smk"
 include: "rules/inspect.smk"
 include: "rules/calib.smk"
 include: "rules/frames.smk"
+include: "rules/coadd.smk"
 
 
 rule all:

@@ -33,17 +33,23 @@ def code(script):
 
 
 # Log columns that describe the file on disk, not the frame: they do not reach params.
-_FILE_COLUMNS = ("file_bytes", "file_mtime", "path")
+_FILE_COLUMNS = ("file_bytes", "file_mtime", "path", "read_paths")
 
 
 def all_targets():
-    """What `snakemake` builds by default: night summaries, calibrated frames, master QA."""
+    """What `snakemake` builds by default: summaries, calibrated frames, QA, coadd catalogs."""
     summaries = [
         paths.NIGHT_SUMMARY.format(instrument=inst, night=night)
         for inst in RUN.rows
         for night in RUN.nights(inst)
     ]
-    return summaries + calibrated_targets() + master_qa_targets() + frame_qa_targets()
+    return (
+        summaries
+        + calibrated_targets()
+        + master_qa_targets()
+        + frame_qa_targets()
+        + coadd_targets()
+    )
 
 
 def frame_row(wildcards):
@@ -334,7 +340,10 @@ def band_mag_column(wildcards):
     row = RUN.row(
         wildcards.instrument, wildcards.night, wildcards.frame, wildcards.chip
     )
-    band = row.get("band") or ""
+    return mag_column_of(row.get("band") or "")
+
+
+def mag_column_of(band):
     return REFCAT_SETTINGS["bands"].get(band, f"{band}_mag")
 
 
@@ -390,3 +399,76 @@ def optics_spec(wildcards):
         "rotator": inst.rotator,
         "geometry": chip.geometry,
     }
+
+
+# ------------------------------------------------------------------ coadds
+COADD = RUN.config["coadd"]
+
+
+def _coadd_rows(wildcards):
+    return [
+        r
+        for r in RUN.science_rows(wildcards.instrument)
+        if r["night"] == wildcards.night
+        and r.get("target") == wildcards.target
+        and r.get("band") == wildcards.band
+    ]
+
+
+def _frame_path(template, wildcards, r):
+    return template.format(
+        instrument=wildcards.instrument,
+        night=r["night"],
+        frame=r["frame"],
+        chip=r["chip"],
+    )
+
+
+def coadd_inputs(wildcards):
+    """Sky-subtracted frames, their WCS and zero points: every frame x chip of the stack."""
+    rows = _coadd_rows(wildcards)
+    return {
+        "skysub": [_frame_path(paths.SKYSUB, wildcards, r) for r in rows],
+        "wcs": [_frame_path(paths.FRAME_WCS, wildcards, r) for r in rows],
+        "zp": [_frame_path(paths.FRAME_ZP, wildcards, r) for r in rows],
+    }
+
+
+def coadd_members(wildcards):
+    """Label and exposure time of each frame x chip of the stack (in input order)."""
+    return [
+        {"label": f"{r['frame']}.{r['chip']}", "exptime": r["exptime"]}
+        for r in _coadd_rows(wildcards)
+    ]
+
+
+def mem_mb_coadd(wildcards, attempt):
+    """Memory for a coadd: the stack's frames in float32 four times over, more on retry."""
+    pixels = sum((r["nx"] or 4096) * (r["ny"] or 4096) for r in _coadd_rows(wildcards))
+    return int(max(1024, 16 * pixels / 1e6) * attempt)
+
+
+def coadd_refcat(wildcards):
+    return paths.REFCAT.format(instrument=wildcards.instrument, target=wildcards.target)
+
+
+def coadd_mag_column(wildcards):
+    return mag_column_of(wildcards.band)
+
+
+def coadd_targets():
+    """One coadd catalog per instrument, night, target and band with science frames."""
+    if not COADD["enabled"]:
+        return []
+    keys = sorted(
+        {
+            (inst, r["night"], r["target"], r["band"])
+            for inst in RUN.rows
+            for r in RUN.science_rows(inst)
+            if r.get("target") and r.get("band")
+        }
+    )
+    return [
+        paths.COADD_CATALOG.format(instrument=i, night=n, target=t, band=b)
+        for i, n, t, b in keys
+    ]

@@ -37,7 +37,8 @@ described in :mod:`imred.products`. A frame WCS file is a FITS file whose empty
 primary HDU's header holds the solved WCS of the chip's trimmed grid (one
 convention: TAN-SIP). A catalog is a FITS binary table with at least ``ra``, ``dec``
 (deg, ICRS), ``mag``, ``mag_err`` (calibrated, in the band of the product),
-``x``, ``y`` (0-based pixel of the product's grid) and ``flags``. The frame QA table
+``x``, ``y`` (0-based pixel of the product's grid) and ``flags`` (imred.detect.Flag; 0 is
+clean, bits 4 SATURATED, 8 EDGE and 16 MASKED say the measurement is compromised). The frame QA table
 has one row per frame x chip with at least ``frame``, ``chip``, ``band``,
 ``fwhm_arcsec``, ``zero_point`` (mag of 1 e-/s), ``zero_point_err``,
 ``astrometric_rms_arcsec``, ``n_sources`` and ``flags``.

@@ -18,6 +18,7 @@ from .config import load_config
 from .errors import ImredError
 from .instrument import Instrument, load_instrument
 from .obslog import read_obslog, update_obslog, usable
+from .targets import assign_targets
 
 
 class Run:
@@ -78,6 +79,10 @@ class Run:
             rows = [r for r in rows if not keep or r.get("night") in keep]
             self.rows[name] = usable(rows)
             self.excluded[name] = [r for r in rows if r.get("use") != "yes"]
+            science = self.science_rows(name)
+            radius = self.config["targets"]["group_radius_arcmin"]
+            radius_deg = radius / 60 if radius else self._reach_deg(name, science)
+            assign_targets(science, radius_deg, self.config["targets"]["group_by"])
 
     def log_report(self, instrument: str, max_lines: int = 10) -> str:
         """What an update of the log found: counts, and the reasons of excluded rows."""
@@ -249,14 +254,7 @@ class Run:
         dec0 = dec_m + cy
         ra0 = (ra_m + cx / np.cos(np.radians(dec0))) % 360
         spread = float(np.hypot(dx - cx, dy - cy).max())
-        inst = self.instruments[instrument]
-        reach = 0.0
-        for chip in inst.chips:
-            scale = inst.chip_value(chip, "pixel_scale") or 1.0
-            nx = max(int(r["nx"] or 0) for r in rows)
-            ny = max(int(r["ny"] or 0) for r in rows)
-            offset = np.hypot(*chip.geometry.get("offset_arcsec", [0.0, 0.0]))
-            reach = max(reach, (offset + 0.5 * np.hypot(nx, ny) * scale) / 3600.0)
+        reach = self._reach_deg(instrument, rows)
         mjd = np.array([r["mjd"] for r in rows if r.get("mjd") is not None], dtype=float)
         epoch = float(2000.0 + (mjd.mean() - 51544.5) / 365.25) if mjd.size else None
         # rounded (centre to 1', radius up to 1', epoch to 0.1 yr) so that frames added
@@ -269,6 +267,20 @@ class Run:
             "radius": round(float(np.ceil(radius / step) * step), 6),
             "epoch": round(epoch, 1) if epoch is not None else None,
         }
+
+    def _reach_deg(self, instrument: str, rows: list[dict]) -> float:
+        """How far the camera's pixels reach from its pointing (deg): half its field."""
+        import numpy as np
+
+        inst = self.instruments[instrument]
+        nx = max((int(r["nx"] or 0) for r in rows), default=0)
+        ny = max((int(r["ny"] or 0) for r in rows), default=0)
+        reach = 0.0
+        for chip in inst.chips:
+            scale = inst.chip_value(chip, "pixel_scale") or 1.0
+            offset = np.hypot(*chip.geometry.get("offset_arcsec", [0.0, 0.0]))
+            reach = max(reach, (offset + 0.5 * np.hypot(nx, ny) * scale) / 3600.0)
+        return float(reach)
 
     def previous_master(self, kind, instrument, night, chip, setup, band=None) -> str | None:
         """The master of the same group from the nearest earlier night, if any."""

@@ -105,8 +105,11 @@ catalogs / ``{frame}.{chip}`` and ``coadd {target}.{band}``
     target's frames in the band, inside the coadd's finite pixels when the image exists);
     ``completeness`` = matched truth / truth; ``n_false`` and ``false_detection_rate``:
     sources with no truth star within 1 arcsec / sources; ``astrometric_rms_arcsec``:
-    rms separation of matches with S/N > 50 (mag_err < 0.0217); ``bright_mag_median``
-    and ``bright_mag_robust_rms`` of mag - true mag for those; ``depth_5sigma_mag``:
+    rms separation of matches with S/N > 50 (mag_err < 0.0217) whose ``flags`` (when the
+    catalog has them) do not say the measurement is compromised (bits 4 saturated, 8
+    edge, 16 masked pixels: the catalog format of imred.paths; ``n_bright_flagged``
+    counts those left out); ``bright_mag_median`` and ``bright_mag_robust_rms`` of
+    mag - true mag for those; ``depth_5sigma_mag``:
     where the median mag_err in 0.5-mag bins (>= 3 sources) of catalog magnitude last
     crosses 0.2171 (interpolated in log mag_err); ``completeness_50_mag``: where the
     completeness in 0.5-mag bins (>= 2 stars) of true magnitude last falls below 50 %
@@ -151,6 +154,7 @@ ROBUST = 1.4826  # rms of a Gaussian / its median absolute deviation
 MATCH_RADIUS_ARCSEC = 1.0
 SN50_MAG_ERR = 2.5 / math.log(10) / 50  # 0.0217 mag: S/N = 50
 SN5_MAG_ERR = 2.5 / math.log(10) / 5  # 0.2171 mag: S/N = 5
+COMPROMISED = 4 | 8 | 16  # catalog flags: saturated, edge, masked (imred.paths)
 SN_NONLINEARITY = 100  # stars used for the non-linearity trend
 HOT_PIXEL, HOT_COLUMN = 1, 2  # truth bad-pixel bits (imred.sim.detector), restated here
 SECTIONS = ("masters", "calibration", "frames", "coadds", "catalogs")
@@ -711,6 +715,10 @@ def score_catalog(
         "false_detection_rate": float((~matched_cat).sum() / len(cat)) if len(cat) else None,
     }
     bright = err[i_cat] < SN50_MAG_ERR
+    if "flags" in cat.colnames:
+        compromised = (np.asarray(cat["flags"], int)[i_cat] & COMPROMISED) != 0
+        out["n_bright_flagged"] = int((bright & compromised).sum())
+        bright &= ~compromised
     use = bright if bright.sum() >= 3 else np.ones(i_cat.size, bool)
     out["astrometric_rms_arcsec"] = rms(sep[use]) if use.any() else None
     out["n_astrometric"] = int(use.sum())

@@ -51,7 +51,9 @@ def test_demo_config_dry_run_plans_the_expected_jobs(small_demo):
         "photometry": 12,
         "frame_qa": 1,
         "reference_catalog": 1,
-        "total": 2 * n_files + 23 + 38,
+        "coadd": 2,  # one target (grouped by pointing) x 2 bands
+        "coadd_catalog": 2,
+        "total": 2 * n_files + 23 + 38 + 4,
     }
 
 
@@ -129,3 +131,28 @@ def test_demo_frames_are_solved_and_calibrated_against_truth(small_demo):
     # the truth is before the flat, whose normalisation the pipeline chooses)
     assert frames["zero_point_rms_rel_mag"] <= 0.02
     assert abs(frames["fwhm_median_ratio"] - 1) < 0.05
+
+
+def test_demo_coadds_meet_the_first_light_bars(small_demo):
+    """Coadds and their catalogs, scored against truth by the independent scorer."""
+    night, work = small_demo
+    if not list((work / "results/demo_small").glob("*/coadds/*.cat.fits")):
+        snakemake(work, "--cores", "2")
+    scores = score(work, night / "truth")
+    for band in "gr":
+        coadd = scores["coadds"][f"DEMOFIELD.{band}"]
+        # star positions in the coadd image within 0.05" of the truth
+        assert coadd["astrometric_rms_arcsec"] <= 0.05
+        cat = scores["catalogs"][f"coadd DEMOFIELD.{band}"]
+        # bright (S/N > 50), unflagged stars: calibrated magnitudes within 0.03 mag rms
+        assert cat["n_bright"] >= 10
+        assert cat["bright_mag_robust_rms"] <= 0.03
+        assert abs(cat["bright_mag_median"]) <= 0.03
+        assert cat["astrometric_rms_arcsec"] <= 0.05
+        assert cat["completeness"] >= 0.8
+    # what the coadd says about itself: its inputs, and the frames it left out and why
+    head = fits.getheader(work / "results/demo_small/20240315/coadds/DEMOFIELD.r.fits")
+    assert head["IMRTYPE"] == "COADD" and head["NCOMBINE"] >= 4
+    left_out = [head[k] for k in head if k.startswith("IMRX")]
+    assert head["NCOMBINE"] + len(left_out) == 6  # 3 frames x 2 chips
+    assert all(": " in entry for entry in left_out)

@@ -28,7 +28,7 @@ def test_typo_in_a_key_is_an_error_naming_it_and_the_allowed_keys():
         load_config({**GOOD, "inspekt": {}}, "my.yaml")
     msg = str(err.value)
     assert msg.startswith("my.yaml: unknown key 'inspekt' (did you mean 'inspect'?)")
-    assert "allowed keys: astrometry, background, calibration, detection, inspect," in msg
+    assert "allowed keys: astrometry, background, calibration, coadd, detection, inspect," in msg
     with pytest.raises(ImredError, match=r"unknown key 'clip_sigam' .*in 'inspect'"):
         load_config({**GOOD, "inspect": {"clip_sigam": 3}})
 

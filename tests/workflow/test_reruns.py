@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 PER_FRAME = ("calibrate", "detect", "astrometry", "photometry")
+COADDS = {"coadd": 2, "coadd_catalog": 2}  # one target x 2 bands
 
 
 def run(wf: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
@@ -83,7 +84,7 @@ def test_a_flat_setting_reruns_the_flats_and_what_follows_not_the_bias(reduced):
         set_config(work, cfg)
     assert jobs == {
         "master_flat": 4, "master_qa": 1, **dict.fromkeys(PER_FRAME, 12), "frame_qa": 1,
-        "all": 1, "total": 4 + 1 + 48 + 1 + 1,
+        **COADDS, "all": 1, "total": 4 + 1 + 48 + 1 + 4 + 1,
     }  # fmt: skip
 
 
@@ -92,7 +93,8 @@ def test_editing_a_stage_script_or_its_library_reruns_that_stage_and_what_follow
     script = wf / "scripts/detect_frame.py"
     library = wf / "scripts/imred/detect.py"
     expected = {
-        "detect": 12, "astrometry": 12, "photometry": 12, "frame_qa": 1, "all": 1, "total": 38,
+        "detect": 12, "astrometry": 12, "photometry": 12, "frame_qa": 1, **COADDS, "all": 1,
+        "total": 42,
     }  # fmt: skip
     for path in (script, library):
         original, stat = path.read_text(), path.stat()
@@ -119,12 +121,65 @@ def test_new_science_frames_rerun_only_their_chain(reduced):
         for path in added:
             path.unlink()
     # 2 frames x 2 chips: inspected, calibrated, detected, solved, measured; the night's
-    # summary and frame QA table gain rows; no master, no other frame
+    # summary and frame QA table gain rows, the coadd of their band (g) and its catalog
+    # gain frames; no master, no other frame, not the other band's coadd
     assert jobs == {
         "inspect": 4, **dict.fromkeys(PER_FRAME, 4), "night_summary": 1, "frame_qa": 1,
-        "all": 1, "total": 4 + 16 + 3,
+        "coadd": 1, "coadd_catalog": 1, "all": 1, "total": 4 + 16 + 5,
     }  # fmt: skip
     # the log forgets them again: nothing left to do
+    assert planned(wf, work) == {}
+
+
+def test_a_coadd_setting_reruns_only_the_coadds_and_their_catalogs(reduced):
+    wf, work, _, cfg = reduced
+    changed = yaml.safe_load(yaml.safe_dump(cfg))
+    changed["coadd"] = {"clip_sigma": 3.0}
+    set_config(work, changed)
+    try:
+        jobs = planned(wf, work)
+    finally:
+        set_config(work, cfg)
+    assert jobs == {**COADDS, "all": 1, "total": 5}
+
+
+def test_a_deleted_intermediate_is_rebuilt_alone_and_nothing_downstream_reruns(reduced):
+    """What Snakemake really does when an intermediate product is deleted.
+
+    1. Nothing, at first: the products made from it exist and are newer than their
+       inputs, so no job needs it.
+    2. Asked for by name, it is rebuilt alone (its job also re-makes the frame's
+       sources), byte for byte the same (imred's products are deterministic).
+    3. Nothing downstream re-runs, although the file is newer than what was made from
+       it: Snakemake records the checksums of inputs smaller than
+       ``--max-checksum-file-size`` (default 1 MB) and treats a newer input with the
+       recorded checksum as unchanged. Larger files are judged by their time stamp
+       alone, so everything that reads them runs again (and gives the same bytes);
+       raising the limit makes every DAG build hash every input, which costs more
+       than it saves on real frames. Shown by setting the limit to 1 byte.
+    """
+    wf, work, _, _ = reduced
+    skysub = sorted((work / "results/demo_small/20240315/skysub").glob("*_0016.c1.fits"))[0]
+    saved = skysub.with_suffix(".saved")
+    skysub.rename(saved)
+    try:
+        assert planned(wf, work) == {}
+        target = str(skysub.relative_to(work))
+        jobs = job_counts(run(wf, work, "--dry-run", target).stdout)
+        assert jobs == {"detect": 1, "total": 1}
+        run(wf, work, target)
+        assert skysub.read_bytes() == saved.read_bytes()
+        assert skysub.stat().st_size < 1_000_000  # under Snakemake's checksum limit
+        assert planned(wf, work) == {}
+        without_checksums = job_counts(
+            run(wf, work, "--dry-run", "--max-checksum-file-size", "1").stdout
+        )
+        assert without_checksums == {
+            "astrometry": 1, "photometry": 1, "frame_qa": 1, "coadd": 1, "coadd_catalog": 1,
+            "all": 1, "total": 6,
+        }  # fmt: skip
+    finally:
+        saved.replace(skysub)  # the original file, with its time stamp
     assert planned(wf, work) == {}
 
 

@@ -36,11 +36,11 @@ def test_dry_run_plans_one_inspection_per_frame_and_chip(tmp_path):
     # 16 usable frames x 2 chips; 2 nights -> 2 summaries; masters of night 1 (bias per
     # chip, flat per chip and band) calibrate the 5 science frames of both nights
     # and per science frame x chip: sources, astrometry, photometry; a QA table per night
-    # and a reference catalog for the one target
+    # and a reference catalog for the one target; a coadd and its catalog per night and band
     assert job_counts(proc.stdout) == {
         "all": 1, "inspect": 32, "night_summary": 2, "master_bias": 2, "master_flat": 4,
         "calibrate": 10, "master_qa": 1, "detect": 10, "astrometry": 10, "photometry": 10,
-        "frame_qa": 2, "reference_catalog": 1, "total": 85,
+        "frame_qa": 2, "reference_catalog": 1, "coadd": 3, "coadd_catalog": 3, "total": 91,
     }  # fmt: skip
     assert "18 files read, 0 unchanged, 0 removed; 32 frame x chip rows in use, 3 excluded" in (
         proc.stderr
@@ -66,7 +66,7 @@ def test_nights_setting_restricts_the_run(tmp_path):
     assert job_counts(snakemake(work, "--dry-run").stdout) == {
         "all": 1, "inspect": 2, "night_summary": 1, "calibrate": 2, "master_bias": 2,
         "master_flat": 2, "detect": 2, "astrometry": 2, "photometry": 2, "frame_qa": 1,
-        "reference_catalog": 1, "total": 18,
+        "reference_catalog": 1, "coadd": 1, "coadd_catalog": 1, "total": 20,
     }  # fmt: skip
 
 
