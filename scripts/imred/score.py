@@ -104,7 +104,7 @@ catalogs / ``{frame}.{chip}`` and ``coadd {target}.{band}``
     truth = on-chip stars of the frame (coadds: stars on a chip of at least one of the
     target's frames in the band, inside the coadd's finite pixels when the image exists);
     ``completeness`` = matched truth / truth; ``n_false`` and ``false_detection_rate``:
-    sources with no truth star within 1 arcsec / sources; ``astrometric_rms_arcsec``:
+    sources with no truth star (nor, with galaxies, a true galaxy) within 1 arcsec / sources; ``astrometric_rms_arcsec``:
     rms separation of matches with S/N > 50 (mag_err < 0.0217) whose ``flags`` (when the
     catalog has them) do not say the measurement is compromised (bits 4 saturated, 8
     edge, 16 masked pixels: the catalog format of imred.paths; ``n_bright_flagged``
@@ -316,6 +316,11 @@ class Truth:
         self.frame_chips = Table.read(self.dir / "frame_chips.ecsv")
         self.stars = Table.read(self.dir / "stars.ecsv")
         self.star_frames = Table.read(self.dir / "star_frames.ecsv")
+        galaxies = self.dir / "galaxies.ecsv"
+        self.galaxy_positions = None  # (ra, dec) of the simulated galaxies, if any
+        if galaxies.is_file():
+            g = Table.read(galaxies)
+            self.galaxy_positions = (np.asarray(g["ra"], float), np.asarray(g["dec"], float))
         self._star_index = {int(i): n for n, i in enumerate(self.stars["id"])}
         self._images: dict[tuple[str, str], np.ndarray] = {}
         self.imagetype = np.array([str(v) for v in self.frames["imagetype"]])
@@ -680,12 +685,15 @@ def score_catalog(
     *,
     colour: np.ndarray | None = None,
     radius_arcsec: float = MATCH_RADIUS_ARCSEC,
+    galaxies: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Compare a source catalog with the truth stars (see the module docstring).
 
     ``truth_*`` cover every truth star (all are candidates for a match); ``footprint``
     (bool) marks those the catalog should contain (completeness); ``colour`` is the true
-    colour per truth star for the colour-term fit.
+    colour per truth star for the colour-term fit. ``galaxies`` (ra, dec of the true
+    galaxies): sources nearer to a galaxy than ``radius_arcsec`` and not matched to a
+    star are neither stars nor false detections (``n_galaxies`` counts them).
     """
     for col in ("ra", "dec", "mag"):
         if col not in cat.colnames:
@@ -703,6 +711,12 @@ def score_catalog(
     i_cat, i_true, sep = match_sky(ra, dec, truth_ra, truth_dec, radius_arcsec)
     matched_cat = np.zeros(len(cat), bool)
     matched_cat[i_cat] = True
+    n_galaxies = 0
+    if galaxies is not None and len(galaxies[0]) and (~matched_cat).any():
+        rest = np.flatnonzero(~matched_cat)
+        j, _, _ = match_sky(ra[rest], dec[rest], galaxies[0], galaxies[1], radius_arcsec)
+        n_galaxies = int(j.size)
+        matched_cat[rest[j]] = True  # not a false detection (and not a star)
     matched_true = np.zeros(len(truth_ra), bool)
     matched_true[i_true] = True
     n_fp = int(footprint.sum())
@@ -714,6 +728,8 @@ def score_catalog(
         "n_false": int((~matched_cat).sum()),
         "false_detection_rate": float((~matched_cat).sum() / len(cat)) if len(cat) else None,
     }
+    if galaxies is not None:
+        out["n_galaxies"] = n_galaxies
     bright = err[i_cat] < SN50_MAG_ERR
     if "flags" in cat.colnames:
         compromised = (np.asarray(cat["flags"], int)[i_cat] & COMPROMISED) != 0
@@ -1283,6 +1299,7 @@ class _Scorer:
                 t.mag(band),
                 footprint,
                 colour=colour if len(bands_with) >= 2 else None,
+                galaxies=t.galaxy_positions,
             )
             self.frame_catalog_scores[(frame, chip)] = m
             self.out["catalogs"][key] = m
@@ -1346,6 +1363,7 @@ class _Scorer:
                     t.mag(band),
                     footprint,
                     colour=colour if len(cat_bands) >= 2 else None,
+                    galaxies=t.galaxy_positions,
                 )
                 self.out["catalogs"][f"coadd {key}"] = cm
                 m["astrometric_rms_catalog_arcsec"] = cm["astrometric_rms_arcsec"]

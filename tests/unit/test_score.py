@@ -450,3 +450,36 @@ def test_main_writes_json_and_markdown(truth, tmp_path, capsys):
     assert set(SECTIONS) <= set(doc)
     assert md.read_text().startswith("# imred score")
     assert "## masters" in capsys.readouterr().out
+
+
+def test_galaxies_are_not_false_detections_and_flagged_stars_leave_the_bright_sample():
+    from imred.score import score_catalog
+
+    rng = np.random.default_rng(9)
+    n = 30
+    ra = 150 + rng.uniform(-0.02, 0.02, n)
+    dec = 20 + rng.uniform(-0.02, 0.02, n)
+    mag = rng.uniform(15, 18, n)
+    galaxies = (np.array([150.03]), np.array([20.03]))
+    # every star measured 0.01 mag bright, one (saturated) 0.5 mag faint; a source on the
+    # galaxy; one false detection
+    measured = mag - 0.01
+    measured[0] += 0.51
+    flags = np.zeros(n + 2, np.int16)
+    flags[0] = 4  # SATURATED: a compromised measurement
+    cat = Table(
+        {
+            "ra": np.concatenate([ra, galaxies[0], [150.035]]),
+            "dec": np.concatenate([dec, galaxies[1], [19.97]]),
+            "mag": np.concatenate([measured, [17.0, 19.0]]),
+            "mag_err": np.full(n + 2, 0.005),
+            "flags": flags,
+        }
+    )
+    m = score_catalog(cat, ra, dec, mag, np.ones(n, bool), galaxies=galaxies)
+    assert (m["n_false"], m["n_galaxies"], m["n_bright_flagged"]) == (1, 1, 1)
+    assert m["n_bright"] == n - 1
+    assert m["bright_mag_median"] == pytest.approx(-0.01, abs=1e-9)
+    assert m["completeness"] == 1.0
+    # without galaxies given, the galaxy's source is a false detection
+    assert score_catalog(cat, ra, dec, mag, np.ones(n, bool))["n_false"] == 2
