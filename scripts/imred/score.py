@@ -14,6 +14,16 @@ vectors, :class:`scipy.spatial.cKDTree`), centroiding (Gaussian-windowed moments
 aperture sums and statistics. Robust rms = 1.4826 x median absolute deviation; rms =
 sqrt(mean(x**2)) (about zero, so offsets count).
 
+Frame ids: products and QA rows are named by the pipeline's frame id, which the
+observation log takes from the raw file's name (without FITS/compression suffixes,
+path-safe; restated in :func:`raw_frame_id`). For a camera writing one file per chip
+that id differs from chip to chip and from the truth's exposure name (``frame``); the
+scorer takes each chip's file from ``frame_chips.ecsv`` (``file``), finds its products
+under that id and reports them as ``{id}.{chip}`` (the product's file name); ``meta``
+``product_frames`` maps truth exposures to those ids where they differ. Nights of NIR
+reads (``nir_reads.ecsv``) keep the truth's exposure name, which is the reads' common
+prefix the observation log gives the exposure.
+
 Grids: truth dark, flat, bad pixels and cosmic-ray masks are on the chip's data grid,
 the truth bias on the raw grid; products are on the trimmed grid (``TRIMSEC`` in the
 product's primary header; else the chip's ``trimsec``, else its ``datasec``). Only the
@@ -45,7 +55,8 @@ masters / ``flat.{band}.{chip}``
     the band's truth flats of illumination x exptime x true flat; ``error_over_photon_limit``
     = rms_error / photon_noise_limit (goal <= 1.2); ``gain_error_pct`` = 100 (GAINMEAS /
     true gain - 1) when the master has ``GAINMEAS`` (e-/ADU).
-calibration / ``{frame}.{chip}`` (calibrated science frames) and ``all``
+calibration / ``{frame}.{chip}`` (calibrated science frames; ``frame`` is the product's
+frame id, see Frame ids) and ``all``
     ``cr_recall``: fraction of true cosmic-ray pixels with the COSMIC_RAY bit (null when
     the frame has none; a frame without a MASK extension flags nothing); in ``all`` the
     counts of every frame are summed first; ``cr_false_positive_fraction``: fraction of the other pixels
@@ -159,6 +170,8 @@ SN_NONLINEARITY = 100  # stars used for the non-linearity trend
 HOT_PIXEL, HOT_COLUMN = 1, 2  # truth bad-pixel bits (imred.sim.detector), restated here
 SECTIONS = ("masters", "calibration", "frames", "coadds", "catalogs")
 _NIGHT_DIR = re.compile(r"^\d{8}$")
+# raw-file suffixes the observation log drops from a file name to make the frame id
+_FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
 _PREFIX = "results/{instrument}/{night}/"
 
 # metric -> (test, threshold, text); metrics not listed have no goal
@@ -299,6 +312,17 @@ def _clipped_line(x: np.ndarray, y: np.ndarray, nsigma: float = 3.0) -> tuple[fl
     return float(slope), err, n
 
 
+def raw_frame_id(file_name: str) -> str:
+    """The pipeline's frame id of a raw file: the name without its FITS/compression
+    suffix, path-safe (the observation log's rule, restated)."""
+    name = Path(file_name).name
+    for suffix in _FITS_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return safe_name(name)
+
+
 # ----------------------------------------------------------------- truth folder
 class Truth:
     """The simulator's truth folder (see :mod:`imred.simulate`); images are read on demand."""
@@ -328,6 +352,31 @@ class Truth:
             [str(v) for v in np.ma.filled(np.ma.asarray(self.frames["band"]).astype(str), "")]
         )
         self.bands = [b["name"] for b in self.scenario.get("bands", [])]
+        self._product_frames = self._frame_ids()
+
+    def _frame_ids(self) -> dict[tuple[str, str], str]:
+        """(truth frame, chip) -> the product frame id where it is not the truth frame."""
+        fc = self.frame_chips
+        if (self.dir / "nir_reads.ecsv").is_file() or "file" not in fc.colnames:
+            return {}  # NIR reads: the obslog names the exposure by their common prefix
+        files = np.ma.filled(np.ma.asarray(fc["file"]).astype(str), "")
+        out = {}
+        for frame, chip, name in zip(fc["frame"], fc["chip"], files, strict=True):
+            pid = raw_frame_id(str(name)) if str(name) else str(frame)
+            if pid != str(frame):
+                out[(str(frame), str(chip))] = pid
+        return out
+
+    def product_frame(self, frame: str, chip: str) -> str:
+        """The pipeline's frame id for one chip of a truth exposure (see Frame ids)."""
+        return self._product_frames.get((str(frame), str(chip)), str(frame))
+
+    def product_frames(self) -> dict[str, dict[str, str]]:
+        """``{truth frame: {chip: product frame id}}`` where the two differ."""
+        out: dict[str, dict[str, str]] = {}
+        for (frame, chip), pid in self._product_frames.items():
+            out.setdefault(frame, {})[chip] = pid
+        return out
 
     @property
     def night(self) -> str:
@@ -875,9 +924,19 @@ class _Scorer:
             sat = min(sat, float(nl["max_adu"]))
         return sat * self.truth.chip_value(chip, "gain")
 
-    def _product(self, template: str, **fields: str) -> dict | None:
-        path = self.res.path(template, **fields)
-        return _read_product(path) if path.is_file() else None
+    def _key(self, frame: str, chip: str) -> str:
+        """The report key of a frame x chip: the product's ``{frame id}.{chip}``."""
+        return f"{self.truth.product_frame(frame, chip)}.{chip}"
+
+    def _frame_path(self, template: str, frame: str, chip: str) -> Path:
+        """Path of the per-frame x chip product of a truth exposure (its frame id)."""
+        return self.res.path(
+            template,
+            instrument=self.inst.name,
+            night=self.res.night,
+            frame=self.truth.product_frame(frame, chip),
+            chip=chip,
+        )
 
     def _colour(self) -> np.ndarray | None:
         b = self.truth.bands
@@ -981,14 +1040,9 @@ class _Scorer:
         for frame in self.science:
             row = t.frame_row(frame)
             for chip in self.chips:
-                key = f"{frame}.{chip}"
-                prod = self._product(
-                    paths.CALIBRATED,
-                    instrument=self.inst.name,
-                    night=self.res.night,
-                    frame=frame,
-                    chip=chip,
-                )
+                key = self._key(frame, chip)
+                path = self._frame_path(paths.CALIBRATED, frame, chip)
+                prod = _read_product(path) if path.is_file() else None
                 if prod is None:
                     self.out["calibration"][key] = NOT_PRODUCED
                     continue
@@ -1073,15 +1127,9 @@ class _Scorer:
         pooled: list[np.ndarray] = []
         for frame in self.science:
             for chip in self.chips:
-                key = f"{frame}.{chip}"
-                metrics = self.out["calibration"].get(key)
-                prod = self._product(
-                    paths.CALIBRATED,
-                    instrument=self.inst.name,
-                    night=self.res.night,
-                    frame=frame,
-                    chip=chip,
-                )
+                metrics = self.out["calibration"].get(self._key(frame, chip))
+                path = self._frame_path(paths.CALIBRATED, frame, chip)
+                prod = _read_product(path) if path.is_file() else None
                 if prod is None or not isinstance(metrics, dict):
                     continue
                 pull, ratio = self._nir_pull(prod, frame, chip, exposure, sampling)
@@ -1159,21 +1207,20 @@ class _Scorer:
             for col in ("frame", "chip"):
                 if col not in qa.colnames:
                     raise ImredError(f"{qa_path} has no '{col}' column")
+            # compared as text, whatever type the table gave the columns
+            qa_frame = np.array([str(v) for v in qa["frame"]])
+            qa_chip = np.array([str(v) for v in qa["chip"]])
         all_sep, zp_err, zp_band, fwhm_err, fwhm_ratio = [], [], [], [], []
         n_flagged = 0
         entries: dict[str, dict] = {}
+        band_of: dict[str, str] = {}
         for frame in self.science:
             row = t.frame_row(frame)
             for chip in self.chips:
-                key = f"{frame}.{chip}"
+                key = self._key(frame, chip)
+                band_of[key] = t.band[list(t.frames["frame"]).index(frame)]
                 m: dict[str, Any] = {}
-                wcs_path = self.res.path(
-                    paths.FRAME_WCS,
-                    instrument=self.inst.name,
-                    night=self.res.night,
-                    frame=frame,
-                    chip=chip,
-                )
+                wcs_path = self._frame_path(paths.FRAME_WCS, frame, chip)
                 flagged = wcs_path.is_file() and fits.getheader(wcs_path).get("ASTOK") is False
                 if flagged:
                     # the pipeline says it failed (and keeps the frame out of coadds):
@@ -1186,12 +1233,13 @@ class _Scorer:
                     m["astrometric_rms_arcsec"] = NOT_PRODUCED
                 qrow = None
                 if qa is not None:
-                    sel = np.flatnonzero((qa["frame"] == frame) & (qa["chip"] == chip))
+                    pid = t.product_frame(frame, chip)
+                    sel = np.flatnonzero((qa_frame == pid) & (qa_chip == chip))
                     qrow = qa[int(sel[0])] if sel.size else None
                 if qrow is not None and "zero_point" in qa.colnames and _finite(qrow["zero_point"]):
                     m["zero_point_error_mag"] = float(qrow["zero_point"]) - float(row["zero_point"])
                     zp_err.append(m["zero_point_error_mag"])
-                    zp_band.append(t.band[list(t.frames["frame"]).index(frame)])
+                    zp_band.append(band_of[key])
                 else:
                     m["zero_point_error_mag"] = NOT_PRODUCED
                 if (
@@ -1213,9 +1261,7 @@ class _Scorer:
             offsets[band] = float(np.median(zp_err_a[zp_band_a == band]))
         for key, m in entries.items():
             if isinstance(m["zero_point_error_mag"], float):
-                frame = key.rsplit(".", 1)[0]
-                band = t.band[list(t.frames["frame"]).index(frame)]
-                m["zero_point_error_rel_mag"] = m["zero_point_error_mag"] - offsets[band]
+                m["zero_point_error_rel_mag"] = m["zero_point_error_mag"] - offsets[band_of[key]]
             self.out["frames"][key] = m
         summary: dict[str, Any] = {}
         summary["astrometric_rms_arcsec"] = rms(all_sep) if all_sep else NOT_PRODUCED
@@ -1274,17 +1320,11 @@ class _Scorer:
         found = {}
         for frame in self.science:
             for chip in self.chips:
-                p = self.res.path(
-                    paths.FRAME_CATALOG,
-                    instrument=self.inst.name,
-                    night=self.res.night,
-                    frame=frame,
-                    chip=chip,
-                )
+                p = self._frame_path(paths.FRAME_CATALOG, frame, chip)
                 found[(frame, chip)] = p if p.is_file() else None
         bands_with = {t.band[list(t.frames["frame"]).index(f)] for (f, _), p in found.items() if p}
         for (frame, chip), p in found.items():
-            key = f"{frame}.{chip}"
+            key = self._key(frame, chip)
             if p is None:
                 self.out["catalogs"][key] = NOT_PRODUCED
                 continue
@@ -1567,6 +1607,7 @@ def score(
             "results": str(scorer.res.night_dir),
             "truth": str(truth.dir),
             "match_radius_arcsec": MATCH_RADIUS_ARCSEC,
+            **({"product_frames": truth.product_frames()} if truth.product_frames() else {}),
         },
         **{s: scorer.out[s] for s in SECTIONS},
     }

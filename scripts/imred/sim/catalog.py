@@ -10,6 +10,9 @@ The reference catalog is what a survey query would return: stars between a brigh
 (saturation) and a faint limit in the reference band, magnitudes drawn about the
 truth with errors ``sqrt(floor^2 + (1.0857 / snr)^2)`` (``snr = 5`` at ``depth_5sigma``),
 and positions scattered by an error that grows for faint stars.
+
+Real stars instead (``stars.catalog``): a catalog file's stars (:func:`read_star_catalog`)
+or the Tycho-2 stars of astrometry.net's index files (:func:`tycho2_star_catalog`).
 """
 
 from __future__ import annotations
@@ -135,9 +138,12 @@ def read_star_catalog(stars: dict, base, ra0: float, dec0: float, radius_arcsec:
     reference band with the colour polynomials, the colour being ``gr`` or else
     ``g_mag - r_mag``. Rows with a missing or non-finite value in a used column are
     dropped. Returns the columns of :func:`make_star_catalog` (``id`` is the file's id
-    column, else the 1-based row number in the file).
+    column, else the 1-based row number in the file). ``stars.catalog.tycho2`` reads
+    the Tycho-2 index files instead (:func:`tycho2_star_catalog`).
     """
     spec = stars["catalog"]
+    if spec.get("tycho2") not in (None, False):
+        return tycho2_star_catalog(stars, base, ra0, dec0, radius_arcsec)
     path = Path(spec["file"]).expanduser()
     if not path.is_absolute():
         path = Path(base) / path
@@ -220,6 +226,89 @@ def read_star_catalog(stars: dict, base, ra0: float, dec0: float, radius_arcsec:
         raise ImredError(f"scenario: stars.catalog: ids in {path.name} are not unique")
     out.meta["REFBAND"] = ref
     out.meta["CATFILE"] = path.name
+    out.meta["NDROPPED"] = int(np.sum(~good))
+    return out
+
+
+#: Debian's packages of the index files read by tycho2_star_catalog (scales 08 and 09
+#: hold the denser star lists, 10-19 the sparser ones)
+TYCHO2_PACKAGES = (
+    "astrometry-data-tycho2-10-19-littleendian",
+    "astrometry-data-tycho2-09-littleendian",
+    "astrometry-data-tycho2-08-littleendian",
+)
+TYCHO2_GR = 0.5  # default g - r of a Tycho-2 star (B - V ~ 0.7: Jester et al. 2005)
+
+
+def tycho2_star_catalog(stars: dict, base, ra0: float, dec0: float, radius_arcsec: float) -> Table:
+    """The Tycho-2 stars of astrometry.net's index files within ``radius_arcsec``.
+
+    ``stars.catalog.tycho2`` is ``true`` or ``{index_dir, gr}``: the stars of every
+    ``index-tycho2-*.fits`` in ``index_dir`` (default ``/usr/share/astrometry``, where
+    Debian's ``astrometry-data-tycho2-*`` packages put them; a relative path is taken
+    from the scenario's folder) within the cone, read by
+    :func:`imred.refcat.tycho2_index_stars` (positions ICRS, epoch J2000, no proper
+    motion; which stars depend on which index files are installed: each file is a
+    uniformised subset of Tycho-2, the merge of Debian's files a few tens of stars per
+    deg^2 brighter than V_T ~ 12).
+
+    Magnitudes (an approximation, a few tenths of a magnitude for one star): every
+    star gets the colour ``g - r = gr`` (default 0.5, about the mean of Tycho-2 stars);
+    ``V = V_T`` (V_T - V is below 0.1 mag for such colours), ``g = V + 0.59 gr + 0.01``
+    (Jester et al. 2005, :data:`imred.refcat.JESTER2005_BV` inverted) and every band
+    ``m_b = g + P_b(gr) - P_g(gr)`` with the colour polynomials of ``stars.colours``,
+    which must then have a ``g`` entry. Stars without a V_T are left out (counted in
+    the meta ``NDROPPED``). ``id`` is the 1-based rank in V_T (brightest first) within
+    the cone.
+    """
+    spec = stars["catalog"]
+    if spec.get("file") is not None or spec.get("columns") is not None:
+        raise ImredError(
+            "scenario: stars.catalog has both tycho2 and file/columns; give one of them "
+            "(tycho2 takes the stars from astrometry.net's Tycho-2 index files)"
+        )
+    opts = spec["tycho2"] if isinstance(spec["tycho2"], dict) else {}
+    index_dir = Path(opts.get("index_dir") or "/usr/share/astrometry").expanduser()
+    if not index_dir.is_absolute():
+        index_dir = Path(base) / index_dir
+    files = sorted(index_dir.glob("index-tycho2-*.fits")) if index_dir.is_dir() else []
+    if not files:
+        raise ImredError(
+            f"scenario: stars.catalog.tycho2 reads astrometry.net's Tycho-2 index files "
+            f"(index-tycho2-*.fits), and {index_dir} has none"
+            f"{'' if index_dir.is_dir() else ' (no such folder)'}: install the Debian package "
+            f"{TYCHO2_PACKAGES[0]} (apt install {TYCHO2_PACKAGES[0]}; {TYCHO2_PACKAGES[1]} and "
+            f"{TYCHO2_PACKAGES[2]} add denser star lists) or set stars.catalog.tycho2.index_dir "
+            "to their folder"
+        )
+    polys = colour_polynomials(stars, [])
+    if "g" not in polys:
+        raise ImredError(
+            "scenario: stars.catalog.tycho2 makes the band magnitudes from g (g = V_T + "
+            "0.59 (g - r) + 0.01); stars.colours needs a 'g' entry ({band: g, terms: [...]})"
+        )
+    gr = float(opts.get("gr", TYCHO2_GR))
+    from ..refcat import tycho2_index_stars  # reading catalog input (lazy: a heavy module)
+
+    found = tycho2_index_stars(ra0, dec0, radius_arcsec / 3600.0, index_dir=index_dir)
+    vt = np.asarray(found["VT_mag"], dtype=float)
+    good = np.isfinite(vt)
+    n = int(good.sum())
+    g_mag = vt[good] + 0.59 * gr + 0.01
+    p_g = float(np.polyval(polys["g"][::-1], gr))
+    out = Table()
+    out["id"] = np.arange(1, n + 1, dtype=np.int64)
+    out["ra"] = np.asarray(found["ra"], dtype=float)[good]
+    out["dec"] = np.asarray(found["dec"], dtype=float)[good]
+    out["ra"].unit = out["dec"].unit = "deg"
+    out["gr"] = np.full(n, gr)
+    for band, poly in polys.items():
+        out[f"{band}_mag"] = g_mag + float(np.polyval(poly[::-1], gr)) - p_g
+        out[f"{band}_mag"].unit = "mag"
+    out.meta["REFBAND"] = stars["reference_band"]
+    out.meta["CATFILE"] = "tycho2_index"
+    out.meta["INDEXDIR"] = str(index_dir)
+    out.meta["INDEXFILES"] = ",".join(p.name for p in files)
     out.meta["NDROPPED"] = int(np.sum(~good))
     return out
 
