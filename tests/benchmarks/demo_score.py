@@ -37,6 +37,7 @@ def main() -> None:
         t_sim = time.perf_counter() - t0
         cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
         cfg["instruments"] = {summary["instrument"]: {"raw": [str(work / "night" / "raw")]}}
+        cfg["reference_catalog"]["file"] = str(work / "night" / "truth" / "refcat.fits")
         (work / "config.yaml").write_text(yaml.safe_dump(cfg))
         cmd = [
             str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
