@@ -151,7 +151,6 @@ def prepare_chip(
     rows, cols = trim_section(chip, raw.shape, binning)
     saturated = raw[rows, cols] >= saturation
     levels = {}
-    data = raw.astype(np.float32)
     if reference and reference.get("width", 0) > 0:
         data = correct_reference_pixels(
             raw,
@@ -166,7 +165,10 @@ def prepare_chip(
             raw, chip, binning, overscan.get("method", "median"), overscan.get("fit_order", 3)
         )
         steps.append(f"overscan:{overscan.get('method', 'median')}")
-    data = data[rows, cols]
+    else:
+        data = None
+    # the trimmed pixels, float32 (of the corrected frame, or a copy of the raw one)
+    data = raw[rows, cols].astype(np.float32) if data is None else data[rows, cols]
     steps.append("trim")
     nonlinear = np.zeros(data.shape, dtype=bool)
     if nonlinearity and (nonlinearity.get("polynomial") or nonlinearity.get("coefficient_cube")):
@@ -660,6 +662,20 @@ def find_cosmic_rays(
     return crmask, {"cr_sigclip": sigclip, "cr_fraction": fraction}
 
 
+def _is_float32(a: np.ndarray) -> bool:
+    """float32 in either byte order (a master can be read memory-mapped, big-endian)."""
+    return a.dtype.kind == "f" and a.dtype.itemsize == 4
+
+
+def _set_bits(mask: np.ndarray, where: np.ndarray, bit: int) -> None:
+    """``mask[where] |= bit``, without the fancy indexing for a boolean ``where``."""
+    where = np.asarray(where)
+    if where.dtype == bool and where.shape == mask.shape:
+        np.bitwise_or(mask, int(bit), out=mask, where=where)
+    else:
+        mask[where] |= int(bit)
+
+
 def calibrate_chip(
     prepared: Prepared,
     *,
@@ -690,44 +706,78 @@ def calibrate_chip(
                 f"{shape[1]}x{shape[0]} (binning or sections differ): not used"
             )
     g = np.float32(gain)
-    # in place, in float32: this runs on every frame (see tests/benchmarks/calibrate.py)
-    electrons = prepared.data.astype(np.float32, copy=True)
+    rn2 = np.float32(read_noise) ** 2
+    te = np.float32(exptime)
+    # this runs on every frame (tests/benchmarks/calibrate.py): float32, in place, with one
+    # scratch array for the products, which are the same values as the expressions in the
+    # comments (a scratch is used only where that expression's result is float32 anyway)
+    tmp = np.empty(shape, dtype=np.float32)
+
+    def scratch(a):
+        return tmp if _is_float32(a) else None
+
+    data = prepared.data.astype(np.float32, copy=False)
     mask = np.zeros(shape, dtype=np.uint16)
+    if bias is not None and _is_float32(bias[0]):
+        electrons = np.subtract(data, bias[0])  # data - bias
+    else:
+        electrons = data.copy() if data is prepared.data else data
+        if bias is not None:
+            electrons -= bias[0]
     if prepared.read_factor is None:
-        var = np.full(shape, np.float32(read_noise) ** 2, dtype=np.float32)
+        if bias is not None and _is_float32(bias[1]):
+            var = np.multiply(bias[1], g)
+            np.square(var, out=var)
+            var += rn2  # rn^2 + (bias unc x g)^2
+        else:
+            var = np.full(shape, rn2, dtype=np.float32)
+            if bias is not None:
+                var += np.square(bias[1] * g)
     else:  # NIR reads combined: the read noise of one read, weighted
-        var = prepared.read_factor * np.float32(read_noise) ** 2
+        var = prepared.read_factor * rn2
+        if bias is not None:
+            unc = np.multiply(bias[1], g, out=scratch(bias[1]))
+            var += np.square(unc, out=unc)
     if bias is not None:
-        electrons -= bias[0]
-        var += np.square(bias[1] * g)
         mask |= bias[2]
         steps.append("bias")
     electrons *= g
-    if prepared.poisson_factor is None:
-        var += np.maximum(electrons, 0)  # Poisson: all collected charge, dark included
-    else:
-        var += prepared.poisson_factor * np.maximum(electrons, 0)
+    # Poisson: all collected charge, dark included
+    poisson = np.maximum(electrons, 0, out=tmp)
+    if prepared.poisson_factor is not None:
+        pf = prepared.poisson_factor
+        poisson = np.multiply(pf, poisson, out=scratch(pf))
+    var += poisson
     if dark is not None:
-        electrons -= dark[0] * np.float32(exptime)
-        var += np.square(dark[1] * np.float32(exptime))
+        electrons -= np.multiply(dark[0], te, out=scratch(dark[0]))  # dark x t
+        unc = np.multiply(dark[1], te, out=scratch(dark[1]))
+        var += np.square(unc, out=unc)  # (dark unc x t)^2
         mask |= dark[2]
         steps.append("dark")
     steps.append("gain")
     if flat is not None:
-        good = np.isfinite(flat[0]) & (flat[0] > 0)
+        good = np.isfinite(flat[0])
+        good &= flat[0] > 0
         inv = np.divide(1.0, flat[0], out=np.ones(shape, np.float32), where=good)
         electrons *= inv
-        var *= np.square(inv)
-        var += np.square(electrons * flat[1] * inv)
+        var *= np.square(inv, out=tmp)
+        # (electrons x flat unc x inv)^2
+        prod = np.multiply(electrons, flat[1], out=scratch(flat[1]))
+        prod *= inv
+        var += np.square(prod, out=prod)
         mask |= flat[2]
-        mask[~good] |= int(Bit.NO_DATA)
+        _set_bits(mask, np.logical_not(good, out=good), Bit.NO_DATA)
         steps.append("flat")
     if static_mask is not None:
         mask |= static_mask.astype(np.uint16, copy=False)
-    mask[prepared.saturated] |= int(Bit.SATURATED)
-    mask[prepared.nonlinear] |= int(Bit.NONLINEAR)
-    bad = ~(np.isfinite(electrons) & np.isfinite(var))
-    mask[bad] |= int(Bit.NO_DATA)
+    _set_bits(mask, prepared.saturated, Bit.SATURATED)
+    _set_bits(mask, prepared.nonlinear, Bit.NONLINEAR)
+    bad = np.isfinite(electrons)
+    bad &= np.isfinite(var)
+    np.logical_not(bad, out=bad)  # not finite in electrons or var
+    any_bad = bool(bad.any())
+    if any_bad:
+        _set_bits(mask, bad, Bit.NO_DATA)
     steps.append("masks")
     qa: dict = {}
     if is_science and settings.get("cosmic_rays", {}).get("enabled", True):
@@ -745,7 +795,8 @@ def calibrate_chip(
         qa["repaired"] = repair_pixels(electrons, var, mask, bits)
         steps.append("repair")
         bad &= (mask & np.uint16(Bit.INTERPOLATED)) == 0
-    electrons[bad] = np.nan
-    var[bad] = np.nan
+    if any_bad:
+        np.copyto(electrons, np.nan, where=bad)
+        np.copyto(var, np.nan, where=bad)
     qa["masked_fraction"] = float(np.count_nonzero(mask)) / mask.size
     return Calibrated(electrons, var, mask, steps, qa)

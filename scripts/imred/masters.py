@@ -50,6 +50,8 @@ from .sections import format_section
 
 log = logging.getLogger("imred.masters")
 
+KINDS = ("bias", "dark", "flat")  # the masters of a calibrated frame
+
 
 def _binning(row: dict) -> tuple[int, int]:
     bx, by = (int(v) for v in str(row.get("binning") or "1x1").split("x"))
@@ -106,7 +108,7 @@ def _prepare(row: dict, chip: Chip, settings: dict, detector: dict | None) -> Pr
     if paths is not None:
         return _prepare_reads(row, paths, chip, settings, detector or {})
     raw, _ = read_chip(row["path"], row["extension"])
-    if not np.isfinite(raw).any() or not np.any(raw):
+    if _all_zero_or_nonfinite(raw):
         raise ImredError(f"{row['path']} [{row['chip']}]: the image is all zero or not finite")
     detector = detector or {}
     nl = detector.get("nonlinearity")
@@ -170,15 +172,61 @@ def _add(h: fits.Header, cards) -> None:
 
 
 def _load_master(path: str | None):
-    if path is None:
+    """A master's ``(SCI, UNC, MASK)`` (see :func:`_read_master`), or None without one."""
+    return None if path is None else _read_master(path)[0]
+
+
+def _mapped(hdu) -> np.ndarray | None:
+    """An HDU's pixels (opened memory-mapped, ``do_not_scale_image_data``) as astropy
+    would scale them, or None for a scaling other than imred's own.
+
+    Floats stay mapped, in the file's (big-endian) byte order: numpy's arithmetic reads
+    them as it goes, which gives the values of a native copy without making one. A
+    uint16 (int16 with BZERO 32768: a flip of the top bit) becomes a native array.
+    """
+    h = hdu.header
+    if h.get("BLANK") is not None or h.get("BSCALE", 1) != 1:
         return None
-    p = read_image_product(path)
-    mask = p.get("MASK", np.zeros(p["SCI"].shape, np.uint16))
-    return (
-        p["SCI"].astype(np.float32, copy=False),
-        p["UNC"].astype(np.float32, copy=False),
-        mask.astype(np.uint16, copy=False),
+    bzero = h.get("BZERO", 0)
+    data = np.asarray(hdu.data)
+    if bzero == 0:
+        return data if data.dtype.kind == "f" else data.astype(data.dtype.newbyteorder("="))
+    if bzero == 1 << 15 and h.get("BITPIX") == 16:
+        unsigned = data.view(np.dtype(np.uint16).newbyteorder(data.dtype.byteorder))
+        return np.bitwise_xor(unsigned, np.uint16(1 << 15))
+    return None
+
+
+def _read_master(path: str) -> tuple[tuple, fits.Header]:
+    """A master's ``(SCI, UNC, MASK)`` for a calibration, and its primary header.
+
+    Read memory-mapped (:func:`_mapped`): SCI and UNC as float32 in either byte order
+    (the values of astropy's scaled reading, without its copies), MASK as native uint16
+    (zeros when the master has none).
+    """
+    with fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
+        hdus = {hdu.name: hdu for hdu in hdul[1:]}
+        names = ("SCI", "UNC", "MASK") if "MASK" in hdus else ("SCI", "UNC")
+        arrays = [_mapped(hdus[name]) for name in names]
+        header = hdul[0].header
+    if any(a is None for a in arrays):  # a scaling imred does not write: astropy's reading
+        p = read_image_product(path)
+        arrays, header = [p[name] for name in names], p["header"]
+    sci, unc = (
+        a if a.dtype.kind == "f" and a.itemsize == 4 else a.astype(np.float32) for a in arrays[:2]
     )
+    mask = arrays[2].astype(np.uint16, copy=False) if len(arrays) > 2 else None
+    if mask is None:
+        mask = np.zeros(sci.shape, np.uint16)
+    return (sci, unc, mask), header
+
+
+def _all_zero_or_nonfinite(raw: np.ndarray) -> bool:
+    """True when no pixel is finite, or every pixel is 0 (a broken readout)."""
+    first = raw.flat[0] if raw.size else 0
+    if np.isfinite(first) and first != 0:  # the usual case, without a pass over the image
+        return False
+    return not np.isfinite(raw).any() or not np.any(raw)
 
 
 def build_master_bias(rows, chip: dict, night, setup, settings, detector):
@@ -312,26 +360,28 @@ def build_calibrated(
     """Calibrate one frame x chip with the masters ``{"bias"|"dark"|"flat": path}``."""
     chip = Chip(**chip)
     p = _prepare(row, chip, settings, detector)
-    static = np.zeros(p.data.shape, dtype=np.uint16)
     rows_s, cols_s = trim_section(chip, (int(row["ny"]), int(row["nx"])), _binning(row))
-    if chip.static_mask:
-        full = region_mask(
-            {"bad_rectangles": chip.static_mask},
-            (int(row["ny"]), int(row["nx"])),
-            (rows_s, cols_s),
-            _binning(row),
-        )
-        static[full] |= np.uint16(Bit.BAD)
-    if regions:
-        full = region_mask(
-            regions, (int(row["ny"]), int(row["nx"])), (rows_s, cols_s), _binning(row)
-        )
-        static[full] |= np.uint16(Bit.BAD)
+    # the static BAD pixels (instrument file, user regions); None when there are none
+    bad = None
+    for spec in ({"bad_rectangles": chip.static_mask} if chip.static_mask else None, regions):
+        if spec:
+            full = region_mask(
+                spec, (int(row["ny"]), int(row["nx"])), (rows_s, cols_s), _binning(row)
+            )
+            bad = full if bad is None else bad | full
+    static = None
+    if bad is not None:
+        static = np.zeros(p.data.shape, dtype=np.uint16)
+        static[bad] = np.uint16(Bit.BAD)
+    # each master read once: its arrays and (the bias) its header
+    loaded = {
+        k: _read_master(masters[k]) if masters.get(k) is not None else (None, None) for k in KINDS
+    }
     # the read noise measured from the night's bias pairs, where there is one, over the
     # instrument file's (real detectors drift: CAFOS measures 14 e- against its 7.4)
     read_noise, rn_source = float(row["read_noise"]), "instrument"
     if masters.get("bias"):
-        measured = fits.getheader(masters["bias"]).get("RDNOISE")
+        measured = loaded["bias"][1].get("RDNOISE")
         if measured not in (None, "") and np.isfinite(float(measured)):
             read_noise, rn_source = float(measured), "bias pairs"
     cal = calibrate_chip(
@@ -340,9 +390,9 @@ def build_calibrated(
         read_noise=read_noise,
         exptime=float(row["exptime"]),
         saturation_adu=float(row["saturation"]),
-        bias=_load_master(masters.get("bias")),
-        dark=_load_master(masters.get("dark")),
-        flat=_load_master(masters.get("flat")),
+        bias=loaded["bias"][0],
+        dark=loaded["dark"][0],
+        flat=loaded["flat"][0],
         static_mask=static,
         settings=settings,
         is_science=row["imagetype"] in ("science", "standard"),
