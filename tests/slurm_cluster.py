@@ -182,7 +182,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 # Finished jobs stay visible to squeue this long; Snakemake's SLURM executor falls back
 # to sacct (which needs accounting) when MinJobAge < 3 x its first status-check delay.
-MinJobAge=300
+# An hour: the test reads every job's record after a run of several minutes.
+MinJobAge=3600
 ReturnToService=2
 SlurmdTimeout=60
 InactiveLimit=0
