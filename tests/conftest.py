@@ -90,3 +90,20 @@ def write_demo_frame(
 @pytest.fixture
 def demo_frame():
     return write_demo_frame
+
+
+# A test camera's site and header map (instrument files written by simulator tests)
+SITE = {"name": "Kitt Peak", "longitude_deg": -111.5967, "latitude_deg": 31.9583}
+HEADER = {
+    "imagetype": {
+        "keyword": "IMAGETYP",
+        "required": True,
+        "map": {"bias": "bias", "dark": "dark", "flat": "flat", "object": "science"},
+    },
+    "band": {"keyword": "FILTER"},
+    "exptime": {"keyword": "EXPTIME", "format": "float", "required": True},
+    "dateobs": {"keyword": "DATE-OBS", "format": "isot", "required": True},
+    "target": {"keyword": "OBJECT"},
+    "ra": {"keyword": "RA", "format": "degrees"},
+    "dec": {"keyword": "DEC", "format": "degrees"},
+}

@@ -717,6 +717,50 @@ def _column(table: Table, name: str, unit) -> np.ndarray:
     return np.asarray(values, dtype=float) * factor
 
 
+def usable_sources(sources: Table | None, min_matches: int, flag_mask) -> tuple[np.ndarray, str]:
+    """Rows of the sources a fit can use (finite x, y; no ``flag_mask`` flag), and why
+    they are too few for ``min_matches`` ('' when they are enough).
+
+    A table without ``x``/``y`` columns is an ImredError (a programming or file error,
+    not a bad frame).
+    """
+    if sources is None or len(sources) == 0:
+        return np.array([], dtype=np.int64), "no sources"
+    for name in ("x", "y"):
+        if name not in sources.colnames:
+            raise ImredError(
+                f"the source table has no '{name}' column (columns: {', '.join(sources.colnames)})"
+            )
+    usable = np.isfinite(_column(sources, "x", None)) & np.isfinite(_column(sources, "y", None))
+    if "flags" in sources.colnames:
+        usable &= (np.asarray(sources["flags"]).astype(np.int64) & int(flag_mask)) == 0
+    rows = np.nonzero(usable)[0]
+    if rows.size == 0:
+        return rows, f"no sources (none of {len(sources)} is usable: flagged or not finite)"
+    if rows.size < min_matches:
+        return rows, f"fewer matches than {min_matches} possible: only {rows.size} usable sources"
+    return rows, ""
+
+
+def check_refcat(refcat: Table | None, mag_column: str | None) -> str:
+    """Why a reference catalog cannot be used ('' when it can): empty. Missing ``ra``,
+    ``dec`` or magnitude columns are an ImredError naming the columns it has."""
+    if refcat is None or len(refcat) == 0:
+        return "the reference catalog is empty"
+    for name in ("ra", "dec"):
+        if name not in refcat.colnames:
+            raise ImredError(
+                f"the reference catalog has no '{name}' column (columns: "
+                f"{', '.join(refcat.colnames)})"
+            )
+    if mag_column is not None and mag_column not in refcat.colnames:
+        raise ImredError(
+            f"the reference catalog has no magnitude column '{mag_column}' (columns: "
+            f"{', '.join(refcat.colnames)})"
+        )
+    return ""
+
+
 def match_and_fit(
     sources: Table,
     refcat: Table,
@@ -848,28 +892,11 @@ def match_and_fit(
         return AstrometryResult(**kw)
 
     # ---- sources
-    if sources is None or len(sources) == 0:
-        return failed("no sources")
-    for name in ("x", "y"):
-        if name not in sources.colnames:
-            raise ImredError(
-                f"the source table has no '{name}' column (columns: {', '.join(sources.colnames)})"
-            )
-    x_all = _column(sources, "x", None)
-    y_all = _column(sources, "y", None)
-    usable = np.isfinite(x_all) & np.isfinite(y_all)
-    if "flags" in sources.colnames:
-        usable &= (np.asarray(sources["flags"]).astype(np.int64) & int(flag_mask)) == 0
-    src_rows = np.nonzero(usable)[0]
+    src_rows, problem = usable_sources(sources, min_matches, flag_mask)
     n_src = len(src_rows)
-    if n_src == 0:
-        return failed(f"no sources (none of {len(sources)} is usable: flagged or not finite)")
-    if n_src < min_matches:
-        return failed(
-            f"fewer matches than {min_matches} possible: only {n_src} usable sources",
-            n_sources=n_src,
-        )
-    x, y = x_all[src_rows], y_all[src_rows]
+    if problem:
+        return failed(problem, n_sources=n_src)
+    x, y = _column(sources, "x", None)[src_rows], _column(sources, "y", None)[src_rows]
     if "flux" in sources.colnames:
         flux = _column(sources, "flux", None)[src_rows]
         rank = np.argsort(-np.where(np.isfinite(flux), flux, -np.inf), kind="stable")
@@ -887,19 +914,9 @@ def match_and_fit(
     src_t = np.column_stack(_to_tan(sky[:, 0], sky[:, 1], ra_c, dec_c))
 
     # ---- the catalog in the field
-    if refcat is None or len(refcat) == 0:
-        return failed("the reference catalog is empty", n_sources=n_src)
-    for name in ("ra", "dec"):
-        if name not in refcat.colnames:
-            raise ImredError(
-                f"the reference catalog has no '{name}' column (columns: "
-                f"{', '.join(refcat.colnames)})"
-            )
-    if mag_column is not None and mag_column not in refcat.colnames:
-        raise ImredError(
-            f"the reference catalog has no magnitude column '{mag_column}' (columns: "
-            f"{', '.join(refcat.colnames)})"
-        )
+    problem = check_refcat(refcat, mag_column)
+    if problem:
+        return failed(problem, n_sources=n_src)
     cat_ra = _column(refcat, "ra", u.deg)
     cat_dec = _column(refcat, "dec", u.deg)
     cxi, ceta = _to_tan(cat_ra, cat_dec, ra_c, dec_c)

@@ -50,7 +50,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .astrometry import _column, read_wcs
+from .astrometry import _column, read_wcs, usable_sources
 from .detect import Flag
 from .errors import ImredError
 
@@ -153,21 +153,13 @@ def solve_field(
             "install astrometry.net and its index files (Debian: apt install astrometry.net "
             "astrometry-data-tycho2) or set tools.solve_field, or astrometry.blind: never"
         )
-    for name in ("x", "y"):
-        if name not in sources.colnames:
-            raise ImredError(
-                f"the source table has no '{name}' column (columns: {', '.join(sources.colnames)})"
-            )
-    x, y = _column(sources, "x", None), _column(sources, "y", None)
-    usable = np.isfinite(x) & np.isfinite(y)
-    if "flags" in sources.colnames:
-        usable &= (np.asarray(sources["flags"]).astype(np.int64) & int(flag_mask)) == 0
-    flux = _column(sources, "flux", None) if "flux" in sources.colnames else np.ones(len(x))
-    flux = np.where(np.isfinite(flux), flux, -np.inf)
-    rows = np.nonzero(usable)[0]
-    rows = rows[np.argsort(-flux[rows], kind="stable")][:max_sources]
+    rows, _ = usable_sources(sources, 0, flag_mask)
     if len(rows) < 5:
         return None, f"too few usable sources for blind solving ({len(rows)})"
+    x, y = _column(sources, "x", None), _column(sources, "y", None)
+    flux = _column(sources, "flux", None) if "flux" in sources.colnames else np.ones(len(x))
+    flux = np.where(np.isfinite(flux), flux, -np.inf)
+    rows = rows[np.argsort(-flux[rows], kind="stable")][:max_sources]
     xylist = fits.BinTableHDU.from_columns(
         [
             fits.Column(name="X", format="D", array=x[rows] + 1.0),

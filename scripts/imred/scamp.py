@@ -80,6 +80,8 @@ from .astrometry import (
     _max_order,
     _robust_extra_variance,
     _to_tan,
+    check_refcat,
+    usable_sources,
     wcs_header,
 )
 from .detect import ASTROMATIC_DIR
@@ -383,42 +385,16 @@ def solve_scamp(
         return AstrometryResult(**(kw | extra))
 
     # ---- usable sources (the same selection as match_and_fit)
-    if sources is None or len(sources) == 0:
-        return failed("no sources")
-    for name in ("x", "y"):
-        if name not in sources.colnames:
-            raise ImredError(
-                f"the source table has no '{name}' column (columns: {', '.join(sources.colnames)})"
-            )
-    x_all, y_all = _column(sources, "x", None), _column(sources, "y", None)
-    usable = np.isfinite(x_all) & np.isfinite(y_all)
-    if "flags" in sources.colnames:
-        usable &= (np.asarray(sources["flags"]).astype(np.int64) & int(flag_mask)) == 0
-    src_rows = np.nonzero(usable)[0]
+    src_rows, problem = usable_sources(sources, min_matches, flag_mask)
     n_src = len(src_rows)
-    if n_src == 0:
-        return failed(f"no sources (none of {len(sources)} is usable: flagged or not finite)")
-    if n_src < min_matches:
-        return failed(
-            f"fewer matches than {min_matches} possible: only {n_src} usable sources",
-            n_sources=n_src,
-        )
-    x, y = x_all[src_rows], y_all[src_rows]
+    if problem:
+        return failed(problem, n_sources=n_src)
+    x, y = _column(sources, "x", None)[src_rows], _column(sources, "y", None)[src_rows]
 
     # ---- reference stars near the chip
-    if refcat is None or len(refcat) == 0:
-        return failed("the reference catalog is empty", n_sources=n_src)
-    for name in ("ra", "dec"):
-        if name not in refcat.colnames:
-            raise ImredError(
-                f"the reference catalog has no '{name}' column (columns: "
-                f"{', '.join(refcat.colnames)})"
-            )
-    if mag_column is not None and mag_column not in refcat.colnames:
-        raise ImredError(
-            f"the reference catalog has no magnitude column '{mag_column}' (columns: "
-            f"{', '.join(refcat.colnames)})"
-        )
+    problem = check_refcat(refcat, mag_column)
+    if problem:
+        return failed(problem, n_sources=n_src)
     cat_ra, cat_dec = _column(refcat, "ra", "deg"), _column(refcat, "dec", "deg")
     centre = wcs0.all_pix2world([[(nx - 1) / 2.0, (ny - 1) / 2.0]], 0)[0]
     corner = wcs0.all_pix2world([[0.0, 0.0]], 0)[0]

@@ -28,24 +28,12 @@ from imred.products import write_image_product
 from imred.score import NOT_PRODUCED, format_markdown, raw_frame_id, score
 from imred.simulate import simulate_night
 
+from conftest import HEADER, SITE
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "scenarios" / "demo.yaml"
 NAME, NIGHT, N = "twofile", "20240315", 200
 CHIPS = ("a", "b")
-SITE = {"name": "Kitt Peak", "longitude_deg": -111.5967, "latitude_deg": 31.9583}
-HEADER = {
-    "imagetype": {
-        "keyword": "IMAGETYP",
-        "required": True,
-        "map": {"bias": "bias", "dark": "dark", "flat": "flat", "object": "science"},
-    },
-    "band": {"keyword": "FILTER"},
-    "exptime": {"keyword": "EXPTIME", "format": "float", "required": True},
-    "dateobs": {"keyword": "DATE-OBS", "format": "isot", "required": True},
-    "target": {"keyword": "OBJECT"},
-    "ra": {"keyword": "RA", "format": "degrees"},
-    "dec": {"keyword": "DEC", "format": "degrees"},
-}
 
 
 def _camera(folder: Path) -> Path:

@@ -23,6 +23,8 @@ from imred.instrument import load_instrument
 from imred.obslog import update_obslog
 from imred.simulate import simulate_night
 
+from conftest import HEADER, SITE
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "scenarios" / "demo.yaml"
 
@@ -213,20 +215,6 @@ def test_mixing_ccd_and_nir_chips_is_refused_naming_the_key(tmp_path):
 
 
 # ----------------------------------------------- a test camera: select by keyword, split CCD
-SITE = {"name": "Kitt Peak", "longitude_deg": -111.5967, "latitude_deg": 31.9583}
-HEADER = {
-    "imagetype": {
-        "keyword": "IMAGETYP",
-        "required": True,
-        "map": {"bias": "bias", "dark": "dark", "flat": "flat", "object": "science"},
-    },
-    "band": {"keyword": "FILTER"},
-    "exptime": {"keyword": "EXPTIME", "format": "float", "required": True},
-    "dateobs": {"keyword": "DATE-OBS", "format": "isot", "required": True},
-    "target": {"keyword": "OBJECT"},
-    "ra": {"keyword": "RA", "format": "degrees"},
-    "dec": {"keyword": "DEC", "format": "degrees"},
-}
 
 
 def _camera(tmp_path: Path, chips: list[dict], name: str) -> Path:

@@ -20,6 +20,8 @@ from imred.errors import ImredError
 from imred.refcat import ASTROMETRY_INDEX_DIR, tycho2_index_stars
 from imred.simulate import simulate_night
 
+from conftest import HEADER, SITE
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "scenarios" / "demo.yaml"
 HAVE_INDEX = any(ASTROMETRY_INDEX_DIR.glob("index-tycho2-*.fits"))
@@ -30,20 +32,6 @@ needs_index = pytest.mark.skipif(
 )
 N, SCALE = 200, 8.0  # chip size (pixels), pixel scale (arcsec)
 RA0, DEC0 = 115.0, -1.0  # Monoceros, up in the evening of 2024-03-15 at Kitt Peak
-SITE = {"name": "Kitt Peak", "longitude_deg": -111.5967, "latitude_deg": 31.9583}
-HEADER = {
-    "imagetype": {
-        "keyword": "IMAGETYP",
-        "required": True,
-        "map": {"bias": "bias", "dark": "dark", "flat": "flat", "object": "science"},
-    },
-    "band": {"keyword": "FILTER"},
-    "exptime": {"keyword": "EXPTIME", "format": "float", "required": True},
-    "dateobs": {"keyword": "DATE-OBS", "format": "isot", "required": True},
-    "target": {"keyword": "OBJECT"},
-    "ra": {"keyword": "RA", "format": "degrees"},
-    "dec": {"keyword": "DEC", "format": "degrees"},
-}
 
 
 def _wide_camera(folder: Path) -> Path:
