@@ -63,7 +63,10 @@ def provenance_cards(
     ]
     steps = list(steps)
     if steps:
-        cards.append(("IMRSTEPS", ",".join(steps), "steps applied, in order"))
+        value = ",".join(steps)
+        # a comment that does not fit beside the value would be truncated (a warning)
+        comment = "steps applied, in order" if len(value) <= 40 else ""
+        cards.append(("IMRSTEPS", value, comment))
     # paths can be long (CONTINUE cards): no comment, which would be truncated
     for i, path in enumerate(inputs, start=1):
         cards.append((f"IMRIN{i}", str(path), ""))
