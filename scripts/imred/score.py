@@ -127,8 +127,11 @@ catalogs / ``{frame}.{chip}`` and ``coadd {target}.{band}``
     (interpolated); ``colour_term_slope`` (and
     ``_err``): slope of a 3-sigma-clipped line fit of (mag - true mag) against the true
     colour (first two scenario bands) for S/N > 50 matches, when catalogs of that kind
-    exist in two bands; ``bins``: per 1-mag bin, completeness and residuals by true
-    magnitude and false detections by catalog magnitude.
+    exist in two bands; next to it, when the band has a simulated colour term
+    (scenario ``bands[].colour_term``), ``colour_term_true``: the slope it should give
+    (k, or -k when its colour is the reversed one; None when its colour is another) and
+    ``colour_term_true_colour`` (e.g. ``g-r``); ``bins``: per 1-mag bin, completeness
+    and residuals by true magnitude and false detections by catalog magnitude.
 """
 
 from __future__ import annotations
@@ -735,6 +738,7 @@ def score_catalog(
     colour: np.ndarray | None = None,
     radius_arcsec: float = MATCH_RADIUS_ARCSEC,
     galaxies: tuple[np.ndarray, np.ndarray] | None = None,
+    colour_term_true: tuple[float | None, str] | None = None,
 ) -> dict:
     """Compare a source catalog with the truth stars (see the module docstring).
 
@@ -743,6 +747,8 @@ def score_catalog(
     colour per truth star for the colour-term fit. ``galaxies`` (ra, dec of the true
     galaxies): sources nearer to a galaxy than ``radius_arcsec`` and not matched to a
     star are neither stars nor false detections (``n_galaxies`` counts them).
+    ``colour_term_true``: (true slope or None, colour) of the band's simulated colour
+    term, reported next to the fitted slope.
     """
     for col in ("ra", "dec", "mag"):
         if col not in cat.colnames:
@@ -826,6 +832,8 @@ def score_catalog(
         out["colour_term_slope"] = slope
         out["colour_term_slope_err"] = slope_err
         out["colour_term_n_stars"] = n
+        if colour_term_true is not None:
+            out["colour_term_true"], out["colour_term_true_colour"] = colour_term_true
 
     # per 1-mag bin
     both = np.concatenate([tm, mag[np.isfinite(mag)]])
@@ -937,6 +945,18 @@ class _Scorer:
             frame=self.truth.product_frame(frame, chip),
             chip=chip,
         )
+
+    def _true_colour_term(self, band: str) -> tuple[float | None, str] | None:
+        """(slope the colour-term fit should give, colour) of a simulated colour term."""
+        b = self.truth.bands
+        for entry in self.truth.scenario.get("bands", []):
+            term = entry.get("colour_term") if entry.get("name") == band else None
+            if term:
+                c1, c2 = (str(c) for c in term["colour"])
+                k = float(term["k"])
+                slope = k if [c1, c2] == b[:2] else -k if [c2, c1] == b[:2] else None
+                return slope, f"{c1}-{c2}"
+        return None
 
     def _colour(self) -> np.ndarray | None:
         b = self.truth.bands
@@ -1340,6 +1360,7 @@ class _Scorer:
                 footprint,
                 colour=colour if len(bands_with) >= 2 else None,
                 galaxies=t.galaxy_positions,
+                colour_term_true=self._true_colour_term(band),
             )
             self.frame_catalog_scores[(frame, chip)] = m
             self.out["catalogs"][key] = m
@@ -1404,6 +1425,7 @@ class _Scorer:
                     footprint,
                     colour=colour if len(cat_bands) >= 2 else None,
                     galaxies=t.galaxy_positions,
+                    colour_term_true=self._true_colour_term(band),
                 )
                 self.out["catalogs"][f"coadd {key}"] = cm
                 m["astrometric_rms_catalog_arcsec"] = cm["astrometric_rms_arcsec"]

@@ -30,6 +30,24 @@ Model, in the order it happens (each step has a switch in the scenario)
     drifting from frame to frame, also in the overscan; ``bias``), rounding and clipping
     at the saturation level (``saturation``).
 
+    Binning (``observing.binning: [bx, by]``, default [1, 1]): on-chip binning of every
+    frame. The expected electrons (sky, stars, flat, dark current, lamp) and cosmic-ray
+    charge are made on the unbinned grid and summed over bx x by pixels before Poisson
+    noise (a Poisson sum is Poisson) and read-out, so a binned pixel holds bx*by times the
+    charge; read noise is added once per binned pixel, and gain, non-linearity and the
+    saturation clip (the instrument's level in ADU) act on the binned pixel (the summing
+    well / serial register, not the single pixels' full well, saturates). The bias is an
+    electronic offset: its level is unchanged and its structure is the block mean of the
+    unbinned one. Raw arrays and all sections (data, amplifiers, overscan) are divided by
+    the binning, as ``imred.sections.parse_section(text, binning)`` reads them back
+    (sections must fall on binned-pixel boundaries); the raw header carries the
+    instrument's binning keyword and DATASEC/BIASSEC of the binned array. Flat exposure
+    levels and twilight exposure times aim at the binned pixel. NIR arrays are not binned.
+
+    Colour terms (``bands[].colour_term: {colour: [c1, c2], k}``, default none): stars
+    and galaxies give the electrons of ``m_inst = m_catalog + k (m_c1 - m_c2)`` (catalog
+    magnitudes; :mod:`imred.sim.catalog`); the reference catalog keeps the catalog ones.
+
     Stars (``stars``) come from a synthetic catalog (:mod:`imred.sim.catalog`), placed by
     the true WCS (pointing = field + ``dither`` offset + pointing error; position angle
     = rotator + ``rotator.offset_deg``; radial ``distortion``) and drawn as Moffat
@@ -42,7 +60,8 @@ Model, in the order it happens (each step has a switch in the scenario)
     bands with a ``fringe_amplitude``) add ``pattern * sky * t`` before the flat in
     science frames.
 
-Truth (``{out}/truth/``): the pipeline may read only ``refcat.fits``
+Truth (``{out}/truth/``): the pipeline may read only ``refcat.fits``. With binning, every
+pixel quantity is on the binned raw/product grid: "pixel" below is a binned pixel.
     ``scenario.yaml``       the scenario as run (defaults filled in, final seed)
     ``frames.ecsv``         one row per exposure: ``frame``, ``file``, ``imagetype``,
                             ``band``, ``exptime`` (s), ``dateobs``, ``mjd`` (start, UTC),
@@ -55,8 +74,10 @@ Truth (``{out}/truth/``): the pipeline may read only ``refcat.fits``
                             ``illumination`` (e-/s/pixel of lamp or twilight sky for flats),
                             ``sky_gradient`` (peak-to-peak fraction across the mosaic) and
                             ``sky_gradient_angle`` (deg, direction of increase from east
-                            towards north in the focal plane at PA 0), ``temperature`` (C);
-                            NaN where it does not apply.
+                            towards north in the focal plane at PA 0), ``temperature`` (C),
+                            ``binning`` (``"BXxBY"``); NaN where it does not apply. ``sky``
+                            and ``illumination`` are per (binned) raw pixel: bx*by times
+                            those of an unbinned pixel.
                             ``file`` lists the exposure's raw files (comma-separated
                             when the camera writes a file per chip).
     ``frame_chips.ecsv``    one row per exposure x chip: ``bias_offset`` (ADU, the drift
@@ -68,30 +89,40 @@ Truth (``{out}/truth/``): the pipeline may read only ``refcat.fits``
     ``frames/{frame}.fits`` per exposure, one extension per chip (EXTNAME = chip name):
                             the cosmic-ray mask (uint8, 1 = charge deposited, data grid,
                             RICE-compressed); for science frames its header carries the
-                            true WCS (TAN-SIP, distortion exact in A/B, inverse in AP/BP).
-    ``bias.fits``           per chip: the fixed bias (ADU, raw grid, overscan included).
-    ``dark.fits``           per chip: dark current (e-/s, data grid), hot pixels included.
+                            true WCS (TAN-SIP, distortion exact in A/B, inverse in AP/BP;
+                            binned: CRPIX, CD and SIP terms of the binned pixels).
+    ``bias.fits``           per chip: the fixed bias (ADU, raw grid, overscan included;
+                            binned: the block mean).
+    ``dark.fits``           per chip: dark current (e-/s, data grid), hot pixels included
+                            (binned: the block sum).
     ``flat_{band}.fits``    per chip: the true flat (multiplies the sky and stars; 1 at the
                             optical axis for a nominal pixel: vignetting x chip sensitivity
                             x pixel response x dust donuts x dead columns); only the chips
-                            that see the band.
+                            that see the band. Binned: the block mean (exact for a uniform
+                            illumination; a star's binned pixel gets sum(light x flat)).
     ``fringe_{band}.fits``  per chip, bands with fringes: the pattern (fringe e- = pattern
                             x sky x exptime, before the flat).
-    ``badpix.fits``         per chip: bits 1 hot pixel, 2 hot column, 4 dead column.
+    ``badpix.fits``         per chip: bits 1 hot pixel, 2 hot column, 4 dead column
+                            (binned: the OR of the block).
     ``nonlinearity.ecsv``   ``power`` and ``coefficient`` of corrected = raw * sum(c_i raw^i)
                             (ADU above bias), ``enabled`` and ``max_adu`` in the meta.
     ``stars.ecsv``          the star catalog: ``id``, ``ra``, ``dec``, ``gr`` (g - r),
-                            ``{band}_mag`` for every catalog band (true magnitudes).
+                            ``{band}_mag`` for every catalog band (true catalog magnitudes);
+                            bands with a colour term add ``{band}_mag_inst`` (the magnitude
+                            the camera sees) and the meta ``COLOUR_TERMS`` ({band: {colour,
+                            k}}).
     ``galaxies.ecsv``       with galaxies only: as stars.ecsv plus ``sersic_n``,
                             ``r_eff_arcsec``, ``axis_ratio``, ``pa_deg`` and ``galaxy``
                             (true); ids from 10^9, never in the reference catalog.
     ``galaxy_frames.ecsv``  with galaxies only: as star_frames.ecsv without ``peak``, with
                             ``galaxy`` (true), so star metrics can leave them out.
     ``star_frames.ecsv``    one row per star x science frame x chip it falls on (centre
-                            within 60 px of the data section): ``frame``, ``chip``, ``id``,
-                            ``x``, ``y`` (0-based on the data grid), ``flux`` (e-, total,
-                            before the flat), ``peak`` (e-/pixel at the centre, before the
-                            flat), ``on_chip`` (centre inside the data section).
+                            within 60 unbinned px of the data section): ``frame``, ``chip``,
+                            ``id``, ``x``, ``y`` (0-based on the (binned) data grid), ``flux``
+                            (e-, total, before the flat; from the camera's magnitude),
+                            ``peak`` (e-/pixel at the centre, before the flat: the profile's
+                            central density x the binned pixel's area), ``on_chip`` (centre
+                            inside the data section).
     ``refcat.fits``         the reference catalog for the pipeline, as a survey query would
                             give it: ``source_id``, ``ra``, ``dec`` (deg), ``ra_err``,
                             ``dec_err`` (mas), ``{band}_mag``, ``{band}_err`` (mag) for every
@@ -123,6 +154,7 @@ from .errors import ImredError
 from .fitsio import merged_header, write_atomic
 from .instrument import Instrument, load_instrument
 from .schema import fill_defaults, read_yaml, validate
+from .sections import format_section
 from .sim import catalog, detector, galaxies, optics, rawfiles
 from .sim import nir as sim_nir
 from .sim.headers import header_cards
@@ -215,7 +247,7 @@ def _instrument(sc: dict, base: Path) -> Instrument:
 
 
 # ------------------------------------------------------------------- writing
-def _frame_values(f: Frame, inst: Instrument) -> dict[str, Any]:
+def _frame_values(f: Frame, inst: Instrument, binning=(1, 1)) -> dict[str, Any]:
     """The normalised header values of one exposure (pointing in the instrument's frame)."""
     values: dict[str, Any] = {
         "imagetype": f.imagetype,
@@ -223,7 +255,7 @@ def _frame_values(f: Frame, inst: Instrument) -> dict[str, Any]:
         "exptime": f.exptime,
         "dateobs": f.dateobs,
         "target": f.target,
-        "binning": "1x1",
+        "binning": f"{int(binning[0])}x{int(binning[1])}",
         "readout_mode": "normal",
         "temperature": round(f.temperature, 2),
     }
@@ -271,7 +303,8 @@ def _check_normalises(inst, chip, primary: fits.Header, ext: fits.Header, f: Fra
 def _write_raw(
     path: Path, f: Frame, chips: list, sc: dict, inst: Instrument, layouts, extra=()
 ) -> None:
-    primary_cards, _ = header_cards(inst.header_spec, _frame_values(f, inst), inst.source)
+    binning = tuple(sc["observing"]["binning"])
+    primary_cards, _ = header_cards(inst.header_spec, _frame_values(f, inst, binning), inst.source)
     primary = fits.Header()
     primary["TELESCOP"] = inst.doc.get("telescope", inst.name)
     primary["INSTRUME"] = inst.name
@@ -291,11 +324,13 @@ def _write_raw(
         lay = members[0]
         chip = inst.chips[lay.index]
         ext = fits.Header()
+        binned = binning != (1, 1)  # the sections of the binned array (as cameras write them)
         if len(members) == 1 and chip.datasec:
-            ext["DATASEC"] = chip.datasec
+            ext["DATASEC"] = format_section(*lay.datasec) if binned else chip.datasec
         single_amp = len(members) == 1 and len(lay.amps) == 1 and chip.amplifiers
         if single_amp and chip.amplifiers[0].get("overscan"):
-            ext["BIASSEC"] = chip.amplifiers[0]["overscan"]
+            over = chip.amplifiers[0]["overscan"]
+            ext["BIASSEC"] = format_section(*lay.amps[0].overscan) if binned else over
         for member in members:
             values = {"gain": member.gain, "read_noise": member.read_noise}
             values["saturation"] = member.saturation
@@ -402,6 +437,13 @@ class _Night:
     diameter: float = 1.0
     galaxies: Table | None = None  # sim.galaxies catalog (None: galaxies off)
     fringes: dict = field(default_factory=dict)  # band -> chip -> pattern (fraction of sky)
+    binning: tuple[int, int] = (1, 1)  # on-chip binning (bx, by) of every raw frame
+    binned: dict = field(default_factory=dict)  # chip -> its binned layout (read-out, files)
+
+    @property
+    def area(self) -> int:
+        """Unbinned pixels per binned pixel."""
+        return self.binning[0] * self.binning[1]
 
 
 def _galaxy_light(night: _Night, f: Frame, lay, wcs, light, cond) -> list[dict]:
@@ -410,7 +452,7 @@ def _galaxy_light(night: _Night, f: Frame, lay, wcs, light, cond) -> list[dict]:
     if gal is None or not len(gal):
         return []
     ny, nx = lay.data_shape
-    x, y = wcs.world_to_pixel(gal["ra"], gal["dec"])
+    x, y = wcs.world_to_pixel(gal["ra"], gal["dec"], unbinned=True)
     trunc = night.sc["galaxies"]["truncation_r_eff"]
     reach = np.minimum(trunc * np.asarray(gal["r_eff_arcsec"]) / lay.pixel_scale, 150) + 10
     near = (x > -reach) & (x < nx - 1 + reach) & (y > -reach) & (y < ny - 1 + reach)
@@ -418,7 +460,8 @@ def _galaxy_light(night: _Night, f: Frame, lay, wcs, light, cond) -> list[dict]:
         return []
     sub = gal[near]
     x, y = x[near], y[near]
-    flux = f.exptime * 10 ** (-0.4 * (np.asarray(sub[f"{cond['band']}_mag"]) - cond["zero_point"]))
+    mag = np.asarray(sub[catalog.camera_magnitude_column(sub, cond["band"])])
+    flux = f.exptime * 10 ** (-0.4 * (mag - cond["zero_point"]))
     kernel = galaxies.psf_kernel(
         cond["seeing"] / lay.pixel_scale, night.sc["seeing"]["moffat_beta"]
     )
@@ -435,6 +478,7 @@ def _galaxy_light(night: _Night, f: Frame, lay, wcs, light, cond) -> list[dict]:
         trunc,
     )
     inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+    x, y = optics.to_binned(x, y, night.binning)
     return [
         {
             "frame": f.name,
@@ -460,16 +504,19 @@ def _starlight(night: _Night, f: Frame, lay, wcs) -> tuple[np.ndarray, list[dict
         return light, gal_rows
     beta = night.sc["seeing"]["moffat_beta"]
     ny, nx = lay.data_shape
-    x, y = wcs.world_to_pixel(stars["ra"], stars["dec"])
+    x, y = wcs.world_to_pixel(stars["ra"], stars["dec"], unbinned=True)
     m = STAR_MARGIN_PX
     near = (x > -m) & (x < nx - 1 + m) & (y > -m) & (y < ny - 1 + m)
     x, y = x[near], y[near]
-    mag = np.asarray(stars[f"{cond['band']}_mag"])[near]
+    mag = np.asarray(stars[catalog.camera_magnitude_column(stars, cond["band"])])[near]
     flux = f.exptime * 10 ** (-0.4 * (mag - cond["zero_point"]))
     fwhm_px = cond["seeing"] / lay.pixel_scale
     optics.render_stars(light, x, y, flux, fwhm_px, beta)
     peak = flux * (beta - 1) / (np.pi * optics.moffat_alpha(fwhm_px, beta) ** 2)
     inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+    if night.area != 1:  # truth on the binned grid: positions, peak per binned pixel
+        x, y = optics.to_binned(x, y, night.binning)
+        peak = peak * night.area
     ids = np.asarray(stars["id"])[near]
     rows = gal_rows + [
         {
@@ -488,16 +535,21 @@ def _starlight(night: _Night, f: Frame, lay, wcs) -> tuple[np.ndarray, list[dict
 
 
 def _expected_electrons(night: _Night, f: Frame, lay) -> tuple[np.ndarray, list, object]:
-    """Mean electrons per data pixel of one chip in one exposure, star rows, true WCS."""
+    """Mean electrons per (unbinned) data pixel of one chip in one exposure, star rows and
+    the true WCS (positions and header on the binned grid). The frame's sky and
+    illumination are per binned pixel: here they are shared out over its pixels."""
     expected = night.darks[lay.name].astype(np.float64) * f.exptime
     if f.imagetype not in ("science", "flat", "twilight-flat"):
         return expected, [], None
     cond = f.conditions(lay.band)
+    if night.area != 1:
+        share = {"sky": cond["sky"] / night.area, "illumination": cond["illumination"] / night.area}
+        cond = {**cond, **share}
     flat = night.flats[cond["band"]][lay.name]
     east, north = night.focal[lay.name]
     frac, angle = f.sky_gradient
     if f.imagetype == "science":
-        wcs = optics.chip_wcs(lay, f.ra, f.dec, f.pa)
+        wcs = optics.chip_wcs(lay, f.ra, f.dec, f.pa, night.binning)
         light, rows = _starlight(night, f, lay, wcs)
         light += cond["sky"] * f.exptime * _gradient(east, north, frac, angle, night.diameter)
         fringe = night.fringes.get(cond["band"], {}).get(lay.name)
@@ -514,6 +566,8 @@ def _expose(night: _Night, f: Frame, f_i: int, lay) -> dict:
     """Simulate one chip of one exposure: raw pixels and its truth."""
     sc, seed = night.sc, night.sc["seed"]
     expected, star_rows, wcs = _expected_electrons(night, f, lay)
+    expected = optics.bin_sum(expected, night.binning)  # on-chip binning sums the charge
+    binned = night.binned.get(lay.name, lay)
     rng = np.random.default_rng([seed, _NOISE, f.index, lay.index])
     if sc["poisson"]["enabled"]:
         electrons = rng.poisson(expected).astype(np.float32)
@@ -525,18 +579,19 @@ def _expose(night: _Night, f: Frame, f_i: int, lay) -> dict:
         sc["cosmic_rays"],
         np.random.default_rng([seed, _COSMICS, f.index, lay.index]),
     )
+    cosmic = optics.bin_sum(cosmic, night.binning)
     electrons += cosmic
     offset = float(night.drift[f_i, lay.index])
     raw = detector.read_out(
         electrons,
-        lay,
+        binned,
         night.biases[lay.name] + np.float32(offset),
         rng,
         read_noise=sc["read_noise"]["enabled"],
         polynomial=night.polynomial,
         saturation=sc["saturation"]["enabled"],
     )
-    header = wcs.header(lay.data_shape) if wcs is not None else fits.Header()
+    header = wcs.header(binned.data_shape) if wcs is not None else fits.Header()
     header["CHIP"] = lay.name
     mask = fits.CompImageHDU(
         (cosmic > 0).astype(np.uint8), header=header, name=lay.name, compression_type="RICE_1"
@@ -603,6 +658,12 @@ def simulate_night(
         fallback=sc["camera"],
     )
     nir_cam = sim_nir.NirCamera(sc, inst, layouts) if sim_nir.is_nir(layouts) else None
+    binning = (int(sc["observing"]["binning"][0]), int(sc["observing"]["binning"][1]))
+    if binning != (1, 1) and nir_cam is not None:
+        raise ImredError(
+            "scenario: observing.binning is for CCDs; NIR arrays are not binned (use [1, 1])"
+        )
+    binned = {lay.name: optics.binned_layout(lay, binning, inst.source) for lay in layouts}
     not_ccd = [f"{lay.name} ({lay.kind})" for lay in layouts if lay.kind != "ccd" and not nir_cam]
     if not_ccd:
         raise ImredError(
@@ -645,8 +706,9 @@ def simulate_night(
     wheel = [b["name"] for b in sequence_bands(sc, layouts)[0]]
     for lay in layouts:
         c = lay.index
-        biases[lay.name] = detector.bias_structure(
-            lay, sc["bias"], np.random.default_rng([seed_, _BIAS, c])
+        biases[lay.name] = optics.bin_mean(  # an electronic offset: not summed by binning
+            detector.bias_structure(lay, sc["bias"], np.random.default_rng([seed_, _BIAS, c])),
+            binning,
         )
         darks[lay.name], bits[lay.name], response = detector.dark_and_defects(
             lay, sc["dark"], sc["bad_columns"], np.random.default_rng([seed_, _DARK, c])
@@ -687,6 +749,8 @@ def simulate_night(
         [c[: -len("_mag")] for c in stars.colnames if c.endswith("_mag")],
         np.random.default_rng([seed_, _REFCAT]),
     )
+    terms = catalog.colour_terms(sc["bands"])
+    catalog.add_instrumental_magnitudes(stars, terms)
     galaxy_table = None
     if sc["galaxies"]["enabled"]:
         lacking = [b for b in band_names if b not in polys]
@@ -705,6 +769,7 @@ def simulate_night(
             np.random.default_rng([seed_, _GALAXIES]),
             max(GALAXY_FIRST_ID, int(np.max(stars["id"], initial=0)) + 1),
         )
+        catalog.add_instrumental_magnitudes(galaxy_table, terms, "galaxy")
 
     # the bias level: a random walk per chip through the night
     drift_sd = sc["bias"]["drift_adu"] if sc["bias"]["enabled"] else 0.0
@@ -726,6 +791,8 @@ def simulate_night(
         diameter=diameter,
         galaxies=galaxy_table,
         fringes=fringes,
+        binning=binning,
+        binned=binned,
     )
 
     star_rows: list[dict] = []
@@ -741,7 +808,8 @@ def simulate_night(
             for group, path in zip(groups, read_paths, strict=True):
                 mine = [c for c in chips if c["chip_row"]["chip"] in group.chip_names]
                 arrays = [c[key] for c in mine]
-                _write_raw(path, read_f, arrays, sc, inst, group.layouts, cards)
+                group_layouts = [binned[lay.name] for lay in group.layouts]
+                _write_raw(path, read_f, arrays, sc, inst, group_layouts, cards)
                 for c, lay in zip(mine, group.layouts, strict=True):
                     c["chip_row"].setdefault("file", path.name)
                     c["chip_row"]["extension"] = str(lay.extension)
@@ -777,6 +845,16 @@ def simulate_night(
         "n_stars": len(stars),
         "n_galaxies": 0 if galaxy_table is None else len(galaxy_table),
     }
+
+
+def _bin_bits(bits: np.ndarray, binning: tuple[int, int]) -> np.ndarray:
+    """Bad-pixel bits on the binned grid: a binned pixel has every bit of its pixels."""
+    bx, by = binning
+    if (bx, by) == (1, 1):
+        return bits
+    ny, nx = bits.shape
+    blocks = bits.reshape(ny // by, by, nx // bx, bx)
+    return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
 
 
 def _fringe_patterns(sc: dict, layouts, flats: dict) -> dict:
@@ -850,6 +928,15 @@ def _write_truth(
     truth_dir: Path, night: _Night, frames, files, bits, refcat, star_rows, chip_rows
 ) -> None:
     sc, inst, layouts = night.sc, night.inst, night.layouts
+    b = night.binning  # truth images on the binned (product) grid
+    darks = {k: optics.bin_sum(v, b) for k, v in night.darks.items()}  # e-/s per binned pixel
+    bits = {k: _bin_bits(v, b) for k, v in bits.items()}
+    flats = {
+        band: {k: optics.bin_mean(v, b) for k, v in d.items()} for band, d in night.flats.items()
+    }
+    fringes = {
+        band: {k: optics.bin_mean(v, b) for k, v in d.items()} for band, d in night.fringes.items()
+    }
 
     def dump(tmp):
         with open(tmp, "w") as fh:
@@ -857,6 +944,7 @@ def _write_truth(
 
     write_atomic(truth_dir / "scenario.yaml", dump)
     table = Table(rows=[_frame_row(f, path) for f, path in zip(frames, files, strict=True)])
+    table["binning"] = f"{b[0]}x{b[1]}"
     for col, unit in _FRAME_UNITS.items():
         table[col].unit = unit
     table.meta["description"] = "imred simulator truth: one row per exposure"
@@ -885,15 +973,15 @@ def _write_truth(
     )
     _write_table(truth_dir / "nonlinearity.ecsv", nlt)
     _write_hdus(truth_dir / "bias.fits", _chip_hdus(night.biases, layouts, {"BUNIT": "adu"}))
-    _write_hdus(truth_dir / "dark.fits", _chip_hdus(night.darks, layouts, {"BUNIT": "electron/s"}))
+    _write_hdus(truth_dir / "dark.fits", _chip_hdus(darks, layouts, {"BUNIT": "electron/s"}))
     bit_hdr = {f"BIT{v}": k for k, v in detector.BADPIX_BITS.items()}
     _write_hdus(truth_dir / "badpix.fits", _chip_hdus(bits, layouts, bit_hdr))
-    for band, per_chip in night.flats.items():
+    for band, per_chip in flats.items():
         seen = [lay for lay in layouts if lay.name in per_chip]  # split chips see one band
         if not seen:
             continue
         _write_hdus(truth_dir / f"flat_{band}.fits", _chip_hdus(per_chip, seen, {"BAND": band}))
-    for band, per_chip in night.fringes.items():
+    for band, per_chip in fringes.items():
         seen = [lay for lay in layouts if lay.name in per_chip]
         hdr = {"BAND": band, "COMMENT": "fringe e- = pattern x sky (e-/s/pix) x exptime"}
         _write_hdus(truth_dir / f"fringe_{band}.fits", _chip_hdus(per_chip, seen, hdr))

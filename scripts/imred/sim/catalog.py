@@ -11,6 +11,13 @@ The reference catalog is what a survey query would return: stars between a brigh
 truth with errors ``sqrt(floor^2 + (1.0857 / snr)^2)`` (``snr = 5`` at ``depth_5sigma``),
 and positions scattered by an error that grows for faint stars.
 
+Instrumental colour terms (scenario ``bands[].colour_term: {colour: [c1, c2], k}``): the
+camera's band differs from the catalog band of the same name, and a star gives the
+electrons of ``m_inst = m_catalog + k (m_c1 - m_c2)`` (catalog magnitudes on the right;
+k > 0 makes red stars fainter in the camera). :func:`add_instrumental_magnitudes` adds
+``{band}_mag_inst`` for such bands; ``{band}_mag`` (and the reference catalog) stay the
+catalog magnitudes.
+
 Real stars instead (``stars.catalog``): a catalog file's stars (:func:`read_star_catalog`)
 or the Tycho-2 stars of astrometry.net's index files (:func:`tycho2_star_catalog`).
 """
@@ -82,6 +89,50 @@ def make_star_catalog(
         table[f"{band}_mag"].unit = "mag"
     table.meta["REFBAND"] = ref
     return table
+
+
+INSTRUMENTAL_SUFFIX = "_mag_inst"
+
+
+def colour_terms(bands: list[dict]) -> dict[str, dict]:
+    """``{band: {"colour": [c1, c2], "k": k}}`` of the scenario bands with a colour term."""
+    return {
+        b["name"]: {"colour": [str(c) for c in b["colour_term"]["colour"]],
+                    "k": float(b["colour_term"]["k"])}
+        for b in bands
+        if b.get("colour_term")
+    }  # fmt: skip
+
+
+def add_instrumental_magnitudes(table: Table, terms: dict[str, dict], what: str = "stars") -> None:
+    """Add ``{band}_mag_inst = {band}_mag + k ({c1}_mag - {c2}_mag)`` for each colour term.
+
+    The terms are also recorded in ``table.meta["COLOUR_TERMS"]``. A colour band (or the
+    band itself) without its ``_mag`` column is an :class:`ImredError`.
+    """
+    if not terms:
+        return
+    for band, term in terms.items():
+        need = [band, *term["colour"]]
+        missing = [b for b in need if f"{b}_mag" not in table.colnames]
+        if missing:
+            raise ImredError(
+                f"scenario: bands[{band}].colour_term needs {what} magnitudes in "
+                f"{', '.join(sorted(set(missing)))}, which the {what} catalog does not have "
+                "(add them to stars.colours, or to stars.catalog.columns)"
+            )
+        c1, c2 = term["colour"]
+        colour = np.asarray(table[f"{c1}_mag"], float) - np.asarray(table[f"{c2}_mag"], float)
+        col = f"{band}{INSTRUMENTAL_SUFFIX}"
+        table[col] = np.asarray(table[f"{band}_mag"], float) + term["k"] * colour
+        table[col].unit = "mag"
+    table.meta["COLOUR_TERMS"] = {b: dict(t) for b, t in terms.items()}
+
+
+def camera_magnitude_column(table: Table, band: str) -> str:
+    """The column holding the magnitudes the camera sees in ``band``."""
+    inst = f"{band}{INSTRUMENTAL_SUFFIX}"
+    return inst if inst in table.colnames else f"{band}_mag"
 
 
 def make_refcat(

@@ -16,11 +16,16 @@ Conventions
   the axis lands at ``r (1 + k r^2)``. Each chip's TAN-SIP WCS has ``CRPIX`` at the
   optical axis (outside the chip), ``CRVAL`` the true pointing, and exact forward SIP
   terms ``A_3_0 = A_1_2 = B_0_3 = B_2_1 = k`` (inverse AP/BP to 5th order).
+* On-chip binning ``(bx, by)`` (scenario ``observing.binning``): the simulator renders
+  every image on the unbinned grid of :class:`ChipLayout` and sums it into the binned
+  grid of :func:`binned_layout`. Binned pixel ``X`` (0-based) covers unbinned pixels
+  ``bx X .. bx X + bx - 1``, so ``X = (x + 0.5) / bx - 0.5``; a :class:`ChipWCS` with
+  ``binning`` gives positions and writes its header (CRPIX, CD, SIP) on the binned grid.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy.io import fits
@@ -239,6 +244,83 @@ def chip_layouts(
     return layouts
 
 
+def _binned_slice(sl: slice, b: int, what: str) -> slice:
+    if sl.start % b or sl.stop % b:
+        raise ImredError(what)
+    return slice(sl.start // b, sl.stop // b)
+
+
+def binned_layout(layout: ChipLayout, binning: tuple[int, int], source: str = "") -> ChipLayout:
+    """The chip as it is read out binned ``(bx, by)``: every section divided.
+
+    The sections (raw array, data, amplifiers' data and overscan) must start and end on
+    binned-pixel boundaries (as :func:`imred.sections.parse_section` with ``binning``
+    then reads them back exactly); anything else is an :class:`ImredError`. The
+    geometry (``crpix``, ``cd0``, ``pixel_scale``, ``k_distortion``) stays the unbinned
+    chip's: the true WCS is ``chip_wcs(unbinned layout, ..., binning)``. Only the read-out
+    and the raw file use the binned layout.
+    """
+    bx, by = (int(v) for v in binning)
+    if (bx, by) == (1, 1):
+        return layout
+
+    def cut(sec: tuple[slice, slice], name: str) -> tuple[slice, slice]:
+        rows, cols = sec
+        why = (
+            f"{source or 'instrument file'}: chip {layout.name}: the {name} "
+            f"{format_section(rows, cols)} does not fall on {bx}x{by} binned-pixel boundaries "
+            f"(its first pixel - 1 and its last pixel must be multiples of the binning); "
+            "the simulator cannot bin it"
+        )
+        return _binned_slice(rows, by, why), _binned_slice(cols, bx, why)
+
+    ny, nx = layout.raw_shape
+    full = cut((slice(0, ny), slice(0, nx)), "raw array")
+    amps = [
+        Amp(
+            name=a.name,
+            data=cut(a.data, f"data section of amplifier {a.name}"),
+            overscan=cut(a.overscan, f"overscan of amplifier {a.name}") if a.overscan else None,
+            axis=a.axis,
+            gain=a.gain,
+            read_noise=a.read_noise,
+        )
+        for a in layout.amps
+    ]
+    return replace(
+        layout,
+        raw_shape=(full[0].stop, full[1].stop),
+        datasec=cut(layout.datasec, "data section"),
+        amps=amps,
+    )
+
+
+def bin_sum(image: np.ndarray, binning: tuple[int, int]) -> np.ndarray:
+    """Sum ``image`` (ny, nx) over blocks of ``by`` rows x ``bx`` columns (exact multiples)."""
+    bx, by = binning
+    if (bx, by) == (1, 1):
+        return image
+    ny, nx = image.shape
+    return image.reshape(ny // by, by, nx // bx, bx).sum(axis=(1, 3))
+
+
+def bin_mean(image: np.ndarray, binning: tuple[int, int]) -> np.ndarray:
+    """Mean of ``image`` over binned-pixel blocks (dtype kept)."""
+    bx, by = binning
+    if (bx, by) == (1, 1):
+        return image
+    out = bin_sum(image.astype(np.float64), binning) / (bx * by)
+    return out.astype(image.dtype)
+
+
+def to_binned(x, y, binning: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """0-based binned positions of 0-based unbinned ones (see the module docstring)."""
+    bx, by = binning
+    if (bx, by) == (1, 1):
+        return x, y
+    return (np.asarray(x) + 0.5) / bx - 0.5, (np.asarray(y) + 0.5) / by - 0.5
+
+
 def raw_array_key(layout: ChipLayout) -> tuple[str, str]:
     """Which raw array holds a chip: (file selection, extension) - equal for split halves."""
     return repr(sorted(layout.select.items())), str(layout.extension)
@@ -304,9 +386,11 @@ class ChipWCS:
     crpix: np.ndarray
     cd: np.ndarray  # arcsec per pixel, (xi, eta) <- (u, v)
     k: float
+    binning: tuple[int, int] = (1, 1)  # crpix, cd and k are unbinned; outputs binned
 
-    def world_to_pixel(self, ra, dec) -> tuple[np.ndarray, np.ndarray]:
-        """0-based pixel positions (on the data grid) of sky positions in degrees."""
+    def world_to_pixel(self, ra, dec, *, unbinned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """0-based pixel positions (on the binned data grid, or the unbinned one with
+        ``unbinned``) of sky positions in degrees."""
         xi, eta = sky_to_tan(ra, dec, self.ra0, self.dec0)
         uu, vv = np.linalg.solve(self.cd, np.vstack([xi, eta]))
         if self.k:
@@ -317,21 +401,37 @@ class ChipWCS:
             with np.errstate(invalid="ignore", divide="ignore"):
                 f = np.where(big_r > 0, r / big_r, 1.0)
             uu, vv = uu * f, vv * f
-        return uu + self.crpix[0] - 1.0, vv + self.crpix[1] - 1.0
+        x, y = uu + self.crpix[0] - 1.0, vv + self.crpix[1] - 1.0
+        return (x, y) if unbinned else to_binned(x, y, self.binning)
 
     def header(self, shape: tuple[int, int]) -> fits.Header:
-        """A FITS header (TAN-SIP) for an image of ``shape`` (ny, nx) on the data grid."""
+        """A FITS header (TAN-SIP) for an image of ``shape`` (ny, nx) on the (binned) data grid.
+
+        Binned: CRPIX ``(crpix - 0.5) / b + 0.5``, CD times ``b``, and a SIP term ``c u^p v^q``
+        of the u (v) correction becomes ``c bx^(p-1) by^q`` (``c bx^p by^(q-1)``).
+        """
+        bx, by = self.binning
+        binned = (bx, by) != (1, 1)
+
+        def sip(axis: str, p: int, q: int, c: float) -> float:
+            if not binned:
+                return c
+            return c * float(bx) ** (p - (axis == "u")) * float(by) ** (q - (axis == "v"))
+
+        crpix = (self.crpix - 0.5) / np.array([bx, by], float) + 0.5 if binned else self.crpix
         h = fits.Header()
         h["WCSAXES"] = 2
         h["CTYPE1"] = "RA---TAN-SIP"
         h["CTYPE2"] = "DEC--TAN-SIP"
         h["CUNIT1"] = "deg"
         h["CUNIT2"] = "deg"
-        h["CRPIX1"] = float(self.crpix[0])
-        h["CRPIX2"] = float(self.crpix[1])
+        h["CRPIX1"] = float(crpix[0])
+        h["CRPIX2"] = float(crpix[1])
         h["CRVAL1"] = float(self.ra0)
         h["CRVAL2"] = float(self.dec0)
         cd = self.cd / 3600.0
+        if binned:
+            cd = cd @ np.diag([float(bx), float(by)])
         h["CD1_1"], h["CD1_2"] = float(cd[0, 0]), float(cd[0, 1])
         h["CD2_1"], h["CD2_2"] = float(cd[1, 0]), float(cd[1, 1])
         h["RADESYS"] = "ICRS"
@@ -344,29 +444,33 @@ class ChipWCS:
         }
         h["A_ORDER"] = 3
         for (p, q), c in forward["A"].items():
-            h[f"A_{p}_{q}"] = c
+            h[f"A_{p}_{q}"] = sip("u", p, q, c)
         h["B_ORDER"] = 3
         for (p, q), c in forward["B"].items():
-            h[f"B_{p}_{q}"] = c
+            h[f"B_{p}_{q}"] = sip("v", p, q, c)
         h["AP_ORDER"] = 5
         for (p, q), c in inverse["AP"].items():
-            h[f"AP_{p}_{q}"] = c
+            h[f"AP_{p}_{q}"] = sip("u", p, q, c)
         h["BP_ORDER"] = 5
         for (p, q), c in inverse["BP"].items():
-            h[f"BP_{p}_{q}"] = c
+            h[f"BP_{p}_{q}"] = sip("v", p, q, c)
         h["IMAGEW"] = shape[1]
         h["IMAGEH"] = shape[0]
         return h
 
 
-def chip_wcs(layout: ChipLayout, ra0: float, dec0: float, pa_deg: float) -> ChipWCS:
-    """The true WCS of a chip with the optical axis at (ra0, dec0) and position angle ``pa``."""
+def chip_wcs(layout: ChipLayout, ra0: float, dec0: float, pa_deg: float, binning=(1, 1)) -> ChipWCS:
+    """The true WCS of a chip with the optical axis at (ra0, dec0) and position angle ``pa``.
+
+    ``layout`` is the unbinned chip; ``binning`` the grid positions and header refer to.
+    """
     return ChipWCS(
         ra0=ra0,
         dec0=dec0,
         crpix=layout.crpix.copy(),
         cd=sky_rotation(pa_deg) @ layout.cd0,
         k=layout.k_distortion,
+        binning=(int(binning[0]), int(binning[1])),
     )
 
 

@@ -8,6 +8,10 @@ dithered) are centred on the field's highest point during astronomical night (su
 -12 deg) unless ``observing.start`` is given. Sun and field altitudes and the airmass
 come from astropy (AltAz at the instrument's site).
 
+Sky and twilight rates (:attr:`Frame.sky`, :attr:`Frame.illumination`, e-/s) are per raw
+pixel: with ``observing.binning`` [bx, by] a binned pixel of bx*by unbinned ones, so flat
+levels and twilight exposure times aim at the binned pixel.
+
 Chips with a fixed band (split detectors behind their own filters) see that band in
 every exposure: the sequence runs through the other bands (the filter wheel; if every
 chip has a fixed band, one sequence with the first band's exposure time and no filter),
@@ -150,7 +154,10 @@ def plan_night(sc: dict, inst: Instrument, layouts: list, frame_prefix: str) -> 
         )
     bands, fixed = sequence_bands(sc, layouts)
     all_bands = {b["name"]: b for b in sc["bands"]}
-    scale = float(np.mean([lay.pixel_scale for lay in layouts]))
+    # sky and twilight rates per raw pixel: binned (observing.binning) pixels are bx x by
+    # pixels of pixel_scale; flat levels and exposure times refer to the binned pixel
+    bx, by = obs.get("binning", [1, 1])
+    scale = float(np.mean([lay.pixel_scale for lay in layouts])) * float(np.sqrt(bx * by))
     gain = float(np.mean([lay.gain for lay in layouts]))
     saturation = float(min(lay.saturation for lay in layouts))
     bias_level = sc["bias"]["level_adu"]
