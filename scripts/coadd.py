@@ -5,7 +5,8 @@ import sys
 
 sys.path.insert(0, snakemake.scriptdir)
 
-from imred.coadd import coadd_frames, coadd_header, grid_header, select_inputs
+from imred.astrometry import wcs_header
+from imred.coadd import coadd_frames, coadd_header, select_inputs
 from imred.errors import ImredError
 from imred.products import write_image_product
 from imred.scripting import run_rule
@@ -36,7 +37,7 @@ def main(smk):
     )  # fmt: skip
     write_image_product(
         smk.output[0], header, result.sci, var=result.var, mask=result.mask,
-        sci_header=grid_header(result.wcs), extra={"WHT": result.weight, "EXP": result.exposure},
+        sci_header=wcs_header(result.wcs), extra={"WHT": result.weight, "EXP": result.exposure},
     )  # fmt: skip
     log.info("%s %s: %d frames x chips, %d left out", w.target, w.band, len(inputs), len(excluded))
 

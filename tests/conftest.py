@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from astropy.io import fits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +108,19 @@ HEADER = {
     "ra": {"keyword": "RA", "format": "degrees"},
     "dec": {"keyword": "DEC", "format": "degrees"},
 }
+
+
+def write_test_camera(folder: Path, name: str, chips: list[dict], pixel_scale: float = 0.4) -> Path:
+    """An instrument file for a test camera (SITE, HEADER, a CCD): its path."""
+    doc = {
+        "name": name,
+        "site": SITE,
+        "files": {"patterns": ["*.fits"]},
+        "detector": {"kind": "ccd", "saturation": 60000, "gain": 1.5, "read_noise": 4.0},
+        "pixel_scale": pixel_scale,
+        "header": HEADER,
+        "chips": chips,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

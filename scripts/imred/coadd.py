@@ -48,9 +48,11 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from .astrometry import read_wcs, wcs_header
 from .errors import ImredError
 from .mask import UNUSABLE, Bit
 from .products import read_image_product
+from .targets import mean_direction
 
 ASTROMATIC_DIR = Path(__file__).resolve().parents[2] / "config" / "astromatic"
 METHODS = ("swarp", "reproject")
@@ -75,7 +77,6 @@ class CoaddResult:
     exposure: np.ndarray
     mask: np.ndarray
     wcs: WCS
-    n_inputs: int
 
 
 def flux_scale(zero_point: float, exptime: float, common_zero_point: float) -> float:
@@ -134,17 +135,7 @@ def coadd_grid(
     scale_deg = scale / 3600.0
     if centre is None:
         # the centre of the footprints' bounding box in a tangent plane at their mean
-        v = np.array(
-            [
-                np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
-                np.cos(np.radians(dec)) * np.sin(np.radians(ra)),
-                np.sin(np.radians(dec)),
-            ]
-        ).mean(axis=1)
-        mean = (
-            float(np.degrees(np.arctan2(v[1], v[0])) % 360),
-            float(np.degrees(np.arcsin(v[2] / np.linalg.norm(v)))),
-        )
+        mean = mean_direction(ra, dec)
         plane = _tan_wcs(*mean, scale_deg)
         x, y = plane.wcs_world2pix(ra, dec, 0)
         centre = tuple(
@@ -181,13 +172,8 @@ def tpv_header(wcs: WCS) -> fits.Header:
         warnings.simplefilter("ignore", FITSFixedWarning)
         lin = wcs.celestial.deepcopy()
     lin.sip = None
-    header = lin.to_header(relax=False)
-    cd = lin.wcs.cd if lin.wcs.has_cd() else lin.wcs.get_pc() * lin.wcs.get_cdelt()[:, None]
-    for key in ("PC1_1", "PC1_2", "PC2_1", "PC2_2", "CDELT1", "CDELT2"):
-        header.remove(key, ignore_missing=True)
-    for i in range(2):
-        for j in range(2):
-            header[f"CD{i + 1}_{j + 1}"] = float(cd[i, j])
+    header = wcs_header(lin)
+    cd = np.array([[header[f"CD{i}_{j}"] for j in (1, 2)] for i in (1, 2)])
     header["CTYPE1"], header["CTYPE2"] = "RA---TPV", "DEC--TPV"
     order = 1 if wcs.sip is None else max(int(wcs.sip.a_order), int(wcs.sip.b_order))
     if order > 7:
@@ -266,39 +252,37 @@ def _nearest_pixels(wcs: WCS, grid: WCS, box) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(py).astype(np.int64), np.rint(px).astype(np.int64)
 
 
-def _scaled_frame(inp: CoaddInput, common_zero_point: float, grid_scale: float):
+def _scaled_frame(p: dict, inp: CoaddInput, common_zero_point: float, grid_scale: float):
     """SCI and VAR of a frame scaled to the common zero point (and pixel area), NaN where bad."""
-    p = read_image_product(inp.skysub)
     good = _good_pixels(p)
     s = flux_scale(inp.zero_point, inp.exptime, common_zero_point)
     s *= (grid_scale / pixel_scale_arcsec(inp.wcs)) ** 2  # flux per pixel follows its area
     sci = np.where(good, p["SCI"].astype(np.float64) * s, np.nan)
     var = np.where(good, p["VAR"].astype(np.float64) * s * s, np.nan)
-    return sci, var, good
+    return sci, var
 
 
-def exposure_map(inputs: Sequence[CoaddInput], grid: WCS) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds of exposure with a usable pixel at each grid pixel, and where any frame
-    was saturated (both from the nearest input pixel)."""
-    nx, ny = grid.pixel_shape
-    exposure = np.zeros((ny, nx), np.float32)
-    saturated = np.zeros((ny, nx), bool)
-    for inp in inputs:
-        box = _bbox_on_grid(inp.wcs, grid)
-        if box is None:
-            continue
-        p = read_image_product(inp.skysub)
+class _Maps:
+    """The exposure map (seconds of exposure with a usable pixel at each grid pixel) and
+    where any frame was saturated, both from the nearest input pixel; filled frame by
+    frame while each is read for the coadd."""
+
+    def __init__(self, grid: WCS):
+        nx, ny = grid.pixel_shape
+        self.grid = grid
+        self.exposure = np.zeros((ny, nx), np.float32)
+        self.saturated = np.zeros((ny, nx), bool)
+
+    def add(self, p: dict, inp: CoaddInput, box) -> None:
         good = _good_pixels(p)
         sat = (p["MASK"] & np.uint16(int(Bit.SATURATED))) != 0
-        iy, ix = _nearest_pixels(inp.wcs, grid, box)
+        iy, ix = _nearest_pixels(inp.wcs, self.grid, box)
         inside = (iy >= 0) & (ix >= 0) & (iy < good.shape[0]) & (ix < good.shape[1])
         iy, ix = np.where(inside, iy, 0), np.where(inside, ix, 0)
         y0, y1, x0, x1 = box
-        exposure[y0:y1, x0:x1] += np.where(inside & good[iy, ix], inp.exptime, 0.0).astype(
-            np.float32
-        )
-        saturated[y0:y1, x0:x1] |= inside & sat[iy, ix]
-    return exposure, saturated
+        seconds = np.where(inside & good[iy, ix], inp.exptime, 0.0)
+        self.exposure[y0:y1, x0:x1] += seconds.astype(np.float32)
+        self.saturated[y0:y1, x0:x1] |= inside & sat[iy, ix]
 
 
 def clipped_mean(
@@ -328,7 +312,7 @@ def clipped_mean(
     return mean, var, keep.sum(axis=0)
 
 
-def _coadd_reproject(inputs, grid, settings) -> tuple[np.ndarray, np.ndarray]:
+def _coadd_reproject(inputs, grid, settings, maps: _Maps) -> tuple[np.ndarray, np.ndarray]:
     nx, ny = grid.pixel_shape
     scale = pixel_scale_arcsec(grid)
     parts = []
@@ -336,7 +320,9 @@ def _coadd_reproject(inputs, grid, settings) -> tuple[np.ndarray, np.ndarray]:
         box = _bbox_on_grid(inp.wcs, grid)
         if box is None:
             continue
-        sci, var, _ = _scaled_frame(inp, settings["zero_point"], scale)
+        p = read_image_product(inp.skysub)
+        maps.add(p, inp, box)
+        sci, var = _scaled_frame(p, inp, settings["zero_point"], scale)
         parts.append(
             (box, *_resample(inp.wcs, grid, box, np.stack([sci, var]), settings["reproject_order"]))
         )
@@ -362,7 +348,7 @@ def _coadd_reproject(inputs, grid, settings) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _coadd_swarp(
-    inputs, grid, settings, binary: str, threads: int
+    inputs, grid, settings, maps: _Maps, binary: str, threads: int
 ) -> tuple[np.ndarray, np.ndarray]:
     exe = shutil.which(binary)
     if exe is None:
@@ -376,6 +362,9 @@ def _coadd_swarp(
         images, weights = [], []
         for i, inp in enumerate(inputs):
             p = read_image_product(inp.skysub)
+            box = _bbox_on_grid(inp.wcs, grid)
+            if box is not None:
+                maps.add(p, inp, box)
             good = _good_pixels(p)
             header = tpv_header(inp.wcs)
             header["FLXSCALE"] = flux_scale(inp.zero_point, inp.exptime, settings["zero_point"])
@@ -395,7 +384,9 @@ def _coadd_swarp(
             weights.append(wfile.name)
         (tmp / "images.lis").write_text("\n".join(images) + "\n")
         out = tmp / "coadd.fits"
-        head = _tan_header(grid)
+        nx, ny = grid.pixel_shape
+        head = fits.Header([("NAXIS", 2), ("NAXIS1", nx), ("NAXIS2", ny)])
+        head.extend(wcs_header(grid))
         (tmp / "coadd.head").write_text("\n".join(c.image.rstrip() for c in head.cards) + "\nEND\n")
         cmd = [
             exe, "@images.lis", "-c", str(conf),
@@ -424,23 +415,6 @@ def _coadd_swarp(
     return sci, var
 
 
-def _tan_header(grid: WCS) -> fits.Header:
-    header = grid.to_header(relax=False)
-    cd = grid.wcs.cd
-    for key in ("PC1_1", "PC1_2", "PC2_1", "PC2_2", "CDELT1", "CDELT2"):
-        header.remove(key, ignore_missing=True)
-    for i in range(2):
-        for j in range(2):
-            header[f"CD{i + 1}_{j + 1}"] = float(cd[i, j])
-    nx, ny = grid.pixel_shape
-    out = fits.Header()
-    out["NAXIS"] = 2
-    out["NAXIS1"] = nx
-    out["NAXIS2"] = ny
-    out.extend(header)
-    return out
-
-
 def coadd_frames(
     inputs: Sequence[CoaddInput],
     settings: dict,
@@ -462,27 +436,19 @@ def coadd_frames(
         raise ImredError(f"coadd.method '{method}' is not one of {', '.join(METHODS)}")
     if grid is None:
         grid = coadd_grid([i.wcs for i in inputs], pixel_scale=settings.get("pixel_scale_arcsec"))
+    maps = _Maps(grid)
     if method == "swarp":
-        sci, var = _coadd_swarp(inputs, grid, settings, swarp, threads)
+        sci, var = _coadd_swarp(inputs, grid, settings, maps, swarp, threads)
     else:
-        sci, var = _coadd_reproject(inputs, grid, settings)
+        sci, var = _coadd_reproject(inputs, grid, settings, maps)
     with np.errstate(divide="ignore"):
         weight = np.where(np.isfinite(var) & (var > 0), 1.0 / var, 0.0).astype(np.float32)
     no_data = weight <= 0
-    exposure, saturated = exposure_map(inputs, grid)
     mask = np.where(no_data, np.uint16(int(Bit.NO_DATA)), np.uint16(0)).astype(np.uint16)
-    mask |= np.where(saturated, np.uint16(int(Bit.SATURATED)), np.uint16(0)).astype(np.uint16)
+    mask |= np.where(maps.saturated, np.uint16(int(Bit.SATURATED)), np.uint16(0)).astype(np.uint16)
     sci = np.where(no_data, 0.0, sci).astype(np.float32)
     var = np.where(no_data, 0.0, var).astype(np.float32)
-    return CoaddResult(sci, var, weight, exposure, mask, grid, len(inputs))
-
-
-def grid_header(grid: WCS) -> fits.Header:
-    """The coadd grid as SCI header cards (TAN, CD matrix)."""
-    header = _tan_header(grid)
-    for key in ("NAXIS", "NAXIS1", "NAXIS2"):
-        header.remove(key)
-    return header
+    return CoaddResult(sci, var, weight, maps.exposure, mask, grid)
 
 
 # ------------------------------------------------------------------ file layer
@@ -497,8 +463,6 @@ def select_inputs(
     point is that many magnitudes below the best of the stack (thick cloud).
     """
     import json
-
-    from .astrometry import read_wcs
 
     usable, excluded = [], []
     for m in members:
@@ -540,9 +504,10 @@ def coadd_header(result: CoaddResult, inputs, excluded, settings: dict, what: di
 
     header = fits.Header()
     header["IMRTYPE"] = ("COADD", "imred product type")
-    for key, comment in (("instrument", "imred instrument"), ("night", "night (YYYYMMDD of the evening)"),
-                         ("target", "target (frames grouped by pointing)"), ("band", "band")):  # fmt: skip
-        header[{"instrument": "INSTRUME"}.get(key, key.upper())] = (what[key], comment)
+    header["INSTRUME"] = (what["instrument"], "imred instrument")
+    header["NIGHT"] = (what["night"], "night (YYYYMMDD of the evening)")
+    header["TARGET"] = (what["target"], "target (frames grouped by pointing)")
+    header["BAND"] = (what["band"], "band")
     header["COADDZP"] = (settings["zero_point"], "mag = COADDZP - 2.5 log10(flux in SCI units)")
     header["NCOMBINE"] = (len(inputs), "frames x chips combined")
     header["EXPTOTAL"] = (float(result.exposure.max()), "[s] largest exposure of any pixel")

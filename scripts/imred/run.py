@@ -18,7 +18,7 @@ from .config import load_config
 from .errors import ImredError
 from .instrument import Instrument, load_instrument
 from .obslog import read_obslog, update_obslog, usable
-from .targets import assign_targets
+from .targets import assign_targets, mean_direction
 
 
 class Run:
@@ -234,18 +234,7 @@ class Run:
             raise ImredError(
                 f"target {target} of {instrument}: no frame has a pointing (RA/Dec keywords)"
             )
-        # mean direction on the sphere (safe across RA = 0)
-        v = np.array(
-            [
-                np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
-                np.cos(np.radians(dec)) * np.sin(np.radians(ra)),
-                np.sin(np.radians(dec)),
-            ]
-        )
-        m = v.mean(axis=1)
-        m /= np.linalg.norm(m)
-        ra_m = float(np.degrees(np.arctan2(m[1], m[0])) % 360)
-        dec_m = float(np.degrees(np.arcsin(m[2])))
+        ra_m, dec_m = mean_direction(ra, dec)
         # the centre of the pointings' bounding box (not their mean: a frame added inside
         # the footprint must not move the field), in small-angle offsets from the mean
         dx = ((ra - ra_m + 180) % 360 - 180) * np.cos(np.radians(dec_m))

@@ -27,9 +27,17 @@ from scipy.spatial import cKDTree
 _SEPARATORS = "_-. +"
 
 
-def _unit(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+def unit_vectors(ra_deg, dec_deg) -> np.ndarray:
+    """(n, 3) unit vectors of sky positions in degrees."""
     ra, dec = np.radians(ra_deg), np.radians(dec_deg)
     return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+
+def mean_direction(ra_deg, dec_deg) -> tuple[float, float]:
+    """The mean direction (ra, dec in degrees) of sky positions (safe across RA = 0)."""
+    m = unit_vectors(ra_deg, dec_deg).mean(axis=0)
+    m /= np.linalg.norm(m)
+    return float(np.degrees(np.arctan2(m[1], m[0])) % 360), float(np.degrees(np.arcsin(m[2])))
 
 
 def group_name(names: list[str]) -> str:
@@ -72,7 +80,7 @@ def assign_targets(rows: list[dict], radius_deg: float, group_by: str = "pointin
     first = [frames[k][0] for k in keys]
     ra = np.array([float(r["ra"]) for r in first])
     dec = np.array([float(r["dec"]) for r in first])
-    tree = cKDTree(_unit(ra, dec))
+    tree = cKDTree(unit_vectors(ra, dec))
     chord = 2 * np.sin(np.radians(radius_deg) / 2)
     pairs = tree.query_pairs(chord, output_type="ndarray")
     n = len(keys)

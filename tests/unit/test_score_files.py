@@ -28,7 +28,7 @@ from imred.products import write_image_product
 from imred.score import NOT_PRODUCED, format_markdown, raw_frame_id, score
 from imred.simulate import simulate_night
 
-from conftest import HEADER, SITE
+from conftest import write_test_camera
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "scenarios" / "demo.yaml"
@@ -48,18 +48,7 @@ def _camera(folder: Path) -> Path:
         }
         for k, chip in enumerate(CHIPS)
     ]
-    doc = {
-        "name": NAME,
-        "site": SITE,
-        "files": {"patterns": ["*.fits"]},
-        "detector": {"kind": "ccd", "saturation": 60000, "gain": 1.5, "read_noise": 4.0},
-        "pixel_scale": 0.4,
-        "header": HEADER,
-        "chips": chips,
-    }
-    path = folder / f"{NAME}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_test_camera(folder, NAME, chips)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from imred.instrument import load_instrument
 from imred.obslog import update_obslog
 from imred.simulate import simulate_night
 
-from conftest import HEADER, SITE
+from conftest import write_test_camera
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "scenarios" / "demo.yaml"
@@ -217,21 +217,6 @@ def test_mixing_ccd_and_nir_chips_is_refused_naming_the_key(tmp_path):
 # ----------------------------------------------- a test camera: select by keyword, split CCD
 
 
-def _camera(tmp_path: Path, chips: list[dict], name: str) -> Path:
-    doc = {
-        "name": name,
-        "site": SITE,
-        "files": {"patterns": ["*.fits"]},
-        "detector": {"kind": "ccd", "saturation": 60000, "gain": 1.5, "read_noise": 4.0},
-        "pixel_scale": 0.4,
-        "header": HEADER,
-        "chips": chips,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
 def test_files_selected_by_a_header_keyword(tmp_path):
     chips = [
         {
@@ -243,7 +228,7 @@ def test_files_selected_by_a_header_keyword(tmp_path):
         }
         for n in range(4)
     ]
-    inst_path = _camera(tmp_path, chips, "quad")
+    inst_path = write_test_camera(tmp_path, "quad", chips)
     doc = _base_doc(
         instrument=str(inst_path),
         bands=[{"name": "r"}],
@@ -292,7 +277,7 @@ def split_night(tmp_path_factory):
             "geometry": {"offset_arcsec": [40.0, 13.6]},
         },
     ]
-    inst_path = _camera(tmp, chips, "splitcam")
+    inst_path = write_test_camera(tmp, "splitcam", chips)
     doc = _base_doc(
         instrument=str(inst_path),
         bands=[
@@ -399,12 +384,12 @@ def test_split_detector_errors_name_the_key(tmp_path):
         {"name": "h1", "band": "i", "datasec": "[1:64,1:30]"},
         {"name": "h2", "band": "z", "datasec": "[1:64,20:64]"},
     ]
-    overlapping = _camera(tmp_path, chips, "overlap")
+    overlapping = write_test_camera(tmp_path, "overlap", chips)
     doc = _base_doc(instrument=str(overlapping), bands=[{"name": "i"}, {"name": "z"}])
     with pytest.raises(ImredError, match="share extension 0 and their data sections overlap"):
         simulate_night(doc, tmp_path / "a")
     chips[1]["datasec"] = "[1:64,33:64]"
-    ok = _camera(tmp_path, chips, "halves")
+    ok = write_test_camera(tmp_path, "halves", chips)
     doc = _base_doc(instrument=str(ok), bands=[{"name": "i"}])
     with pytest.raises(ImredError, match="bands has no entry for z, the fixed band of chip"):
         simulate_night(doc, tmp_path / "b")

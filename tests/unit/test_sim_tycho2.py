@@ -20,7 +20,7 @@ from imred.errors import ImredError
 from imred.refcat import ASTROMETRY_INDEX_DIR, tycho2_index_stars
 from imred.simulate import simulate_night
 
-from conftest import HEADER, SITE
+from conftest import write_test_camera
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "scenarios" / "demo.yaml"
@@ -47,18 +47,7 @@ def _wide_camera(folder: Path) -> Path:
         }
         for n in range(4)
     ]
-    doc = {
-        "name": "widecam",
-        "site": SITE,
-        "files": {"patterns": ["*.fits"]},
-        "detector": {"kind": "ccd", "saturation": 60000, "gain": 1.5, "read_noise": 4.0},
-        "pixel_scale": SCALE,
-        "header": HEADER,
-        "chips": chips,
-    }
-    path = folder / "widecam.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_test_camera(folder, "widecam", chips, pixel_scale=SCALE)
 
 
 def _doc(folder: Path, catalog) -> dict:
